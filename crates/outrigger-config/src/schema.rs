@@ -1,0 +1,672 @@
+//! The typed configuration: what a valid file means, with every default filled in.
+//!
+//! These types are plain data. Every field has its default here (and in
+//! `config/outrigger.yaml`, which documents them); the proxy compiles them into its runtime
+//! form. Reading a file into these types is in [`crate::load`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+/// A whole, valid configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where traffic comes in. At least one.
+    pub listeners: Vec<Listener>,
+    /// Shutdown behaviour.
+    pub drain: Drain,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/debug/*`).
+    pub admin: Admin,
+    /// Named groups of endpoints, in file order.
+    pub upstreams: Vec<Upstream>,
+    /// Routes, in file order: the first that matches wins.
+    pub routes: Vec<Route>,
+    /// How errors are rendered.
+    pub errors: Errors,
+    /// Metrics, traces and logs.
+    pub telemetry: Telemetry,
+}
+
+impl Config {
+    /// The upstream with this name.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// Which way a listener's traffic flows; decides drain behaviour and forwarding headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Traffic to this service instance.
+    Inbound,
+    /// The app's calls to its dependencies (`HTTP_PROXY` or direct).
+    Outbound,
+}
+
+impl Role {
+    /// The config word for this role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Inbound => "inbound",
+            Role::Outbound => "outbound",
+        }
+    }
+}
+
+/// A port outrigger accepts traffic on.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    /// Unique name, used by routes' `listener:` and in logs.
+    pub name: String,
+    /// Inbound or outbound.
+    pub role: Role,
+    /// `IP:port` to bind.
+    pub address: SocketAddr,
+    /// Terminate TLS here (certificate and key files).
+    pub tls: Option<ListenerTls>,
+    /// Protection against slow and oversized clients.
+    pub limits: ListenerLimits,
+}
+
+/// TLS settings of a listener.
+#[derive(Clone, Debug)]
+pub struct ListenerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Per-listener limits.
+#[derive(Clone, Debug)]
+pub struct ListenerLimits {
+    /// Largest request head (request line and headers) accepted; beyond it: 431.
+    pub max_header_bytes: usize,
+    /// A client must send its whole request head within this time.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Requests in flight on this listener before new ones are shed (503 overloaded).
+    pub max_in_flight: usize,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_in_flight: 10_000,
+        }
+    }
+}
+
+/// Shutdown behaviour on SIGTERM.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    /// Readiness off, keep serving this long while endpoints update.
+    pub delay: Duration,
+    /// Then let in-flight requests finish for at most this long.
+    pub timeout: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain {
+            delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// `IP:port` of `/metrics`, `/healthz`, `/readyz`; `/debug/*` answers loopback clients only.
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: SocketAddr::from(([0, 0, 0, 0], 15090)),
+        }
+    }
+}
+
+/// HTTP version spoken to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 (h2c prior knowledge without TLS).
+    Http2,
+    /// HTTP/2 for gRPC requests, HTTP/1.1 for the rest.
+    Auto,
+}
+
+impl Protocol {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Auto => "auto",
+        }
+    }
+}
+
+/// One `host:port` of an upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// An IP address or a DNS name.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A named group of endpoints that routes send traffic to.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// Unique name, used by routes and in metrics.
+    pub name: String,
+    /// Where to connect. At least one.
+    pub endpoints: Vec<Endpoint>,
+    /// HTTP version spoken to the endpoints.
+    pub protocol: Protocol,
+    /// Give up connecting after this long (upstream_connect_failed).
+    pub connect_timeout: Duration,
+    /// How often DNS names are resolved again.
+    pub resolve_every: Duration,
+    /// Connect with TLS.
+    pub tls: Option<UpstreamTls>,
+    /// Keep-alive connection pool.
+    pub pool: Pool,
+    /// Fail fast when the upstream is failing.
+    pub circuit_breaker: CircuitBreaker,
+    /// Take failing endpoints out of rotation.
+    pub outlier_detection: OutlierDetection,
+}
+
+/// TLS towards an upstream.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// Name checked against the certificate (default: the endpoint's host).
+    pub server_name: Option<String>,
+    /// PEM CA bundle (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for mTLS.
+    pub cert: Option<PathBuf>,
+    /// PEM client key for mTLS.
+    pub key: Option<PathBuf>,
+}
+
+/// Connection pool settings.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    /// An idle connection is closed after this long. Keep it below the upstream's own
+    /// keep-alive timeout, or a request can race the upstream's close ("connection reset").
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint.
+    pub max_idle_per_endpoint: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            idle_timeout: Duration::from_secs(4),
+            max_idle_per_endpoint: 64,
+        }
+    }
+}
+
+/// Circuit breaker settings (per upstream).
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker {
+    /// Open after this many failures in a row.
+    pub consecutive_failures: u32,
+    /// Or open when at least this share of the window failed.
+    pub failure_rate: f64,
+    /// The sliding window of the rate rule.
+    pub window: Duration,
+    /// The rate rule needs this many calls in the window.
+    pub min_requests: u32,
+    /// First open period.
+    pub open_for: Duration,
+    /// Longest open period (it doubles on each re-open).
+    pub max_open_for: Duration,
+    /// Trial calls allowed while half-open.
+    pub half_open_probes: u32,
+    /// Also open when too many calls are slow.
+    pub slow_call: Option<SlowCall>,
+    /// Concurrency limit: fail fast beyond this many calls in flight.
+    pub max_in_flight: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(60),
+            half_open_probes: 3,
+            slow_call: None,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// The slow-call rule of a breaker.
+#[derive(Clone, Debug)]
+pub struct SlowCall {
+    /// A call slower than this is slow.
+    pub duration: Duration,
+    /// Open when at least this share of the window was slow.
+    pub rate: f64,
+}
+
+/// Passive outlier detection settings.
+#[derive(Clone, Debug)]
+pub struct OutlierDetection {
+    /// Eject an endpoint after this many failures in a row.
+    pub consecutive_failures: u32,
+    /// For this long (growing with repeats).
+    pub eject_for: Duration,
+    /// Never eject more than this share of endpoints (percent).
+    pub max_ejected_percent: f64,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            eject_for: Duration::from_secs(30),
+            max_ejected_percent: 50.0,
+        }
+    }
+}
+
+/// A route: which requests go to which upstream, and how.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Unique name, used in metrics (`http_route`) and logs.
+    pub name: String,
+    /// Which requests this route takes.
+    pub matcher: RouteMatch,
+    /// The upstream's name (checked to exist).
+    pub upstream: String,
+    /// Only on this listener (default: every listener).
+    pub listener: Option<String>,
+    /// Largest request body (413 beyond it).
+    pub max_body_bytes: Option<u64>,
+    /// A business-critical path.
+    pub critical: bool,
+    /// The whole request, retries included, must get an answer within this.
+    pub timeout: Duration,
+    /// Retry policy (none: one attempt).
+    pub retry: Option<Retry>,
+    /// A degraded answer for upstream-class failures.
+    pub fallback: Option<Fallback>,
+    /// Fault injection for rehearsals.
+    pub fault: Option<Fault>,
+}
+
+/// What a route matches. Every condition set must hold.
+#[derive(Clone, Debug, Default)]
+pub struct RouteMatch {
+    /// The path equals this.
+    pub path: Option<String>,
+    /// The path starts with this (segment-unaware, like Envoy's `prefix`).
+    pub path_prefix: Option<String>,
+    /// The whole path matches this regex.
+    pub path_regex: Option<Regex>,
+    /// The request's host (Host header, `:authority`, or an absolute-form URI's authority).
+    pub host: Option<HostMatch>,
+    /// The method is one of these (empty: any).
+    pub methods: Vec<Method>,
+    /// These headers have exactly these values.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// A host pattern: `api.example.com`, `*.example.com`, optionally with `:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostMatch {
+    /// Lower-case host; a leading `*.` matches any subdomain.
+    pub host: String,
+    /// When set, the port must match too.
+    pub port: Option<u16>,
+}
+
+impl HostMatch {
+    /// Whether an authority (`host` or `host:port`, any case) matches.
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        if self.port.is_some() && self.port != port {
+            return false;
+        }
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+            None => host.eq_ignore_ascii_case(&self.host),
+        }
+    }
+}
+
+/// When a retry is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOn {
+    /// The connection could not be made.
+    ConnectFailure,
+    /// The connection was reset before a response.
+    Reset,
+    /// The upstream answered 503.
+    Unavailable,
+    /// The upstream answered 502, 503 or 504.
+    Gateway,
+    /// An attempt timed out (`per_try_timeout`).
+    Timeout,
+}
+
+impl RetryOn {
+    /// Every condition's config word, in the order documented.
+    pub const WORDS: [&'static str; 5] = ["connect_failure", "reset", "unavailable", "gateway", "timeout"];
+
+    fn from_word(w: &str) -> Option<Self> {
+        Some(match w {
+            "connect_failure" => RetryOn::ConnectFailure,
+            "reset" => RetryOn::Reset,
+            "unavailable" => RetryOn::Unavailable,
+            "gateway" => RetryOn::Gateway,
+            "timeout" => RetryOn::Timeout,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn parse(w: &str) -> Option<Self> {
+        Self::from_word(w)
+    }
+}
+
+/// A route's retry policy.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// Total tries including the first.
+    pub attempts: u32,
+    /// Each try must answer within this (default: the route timeout).
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions that allow a retry.
+    pub on: Vec<RetryOn>,
+    /// Further statuses that allow a retry.
+    pub retriable_status: Vec<u16>,
+    /// Retry only GET, HEAD, OPTIONS, PUT, DELETE, TRACE.
+    pub idempotent_only: bool,
+    /// A request body larger than this is sent once.
+    pub replay_buffer_bytes: usize,
+    /// Wait between tries.
+    pub backoff: Backoff,
+    /// Limit on retries relative to requests.
+    pub budget: RetryBudget,
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    /// First wait's upper bound.
+    pub base: Duration,
+    /// Largest wait.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(25),
+            max: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Retries may not exceed `min_per_second × 10 + ratio × requests` in a 10 s window.
+#[derive(Clone, Debug)]
+pub struct RetryBudget {
+    /// Share of requests that may be retried.
+    pub ratio: f64,
+    /// Retries always allowed per second.
+    pub min_per_second: f64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: 0.2,
+            min_per_second: 10.0,
+        }
+    }
+}
+
+/// A degraded answer served on upstream-class failures, marked `outrigger-fallback`.
+#[derive(Clone, Debug)]
+pub struct Fallback {
+    /// Its status.
+    pub status: u16,
+    /// Its content type.
+    pub content_type: String,
+    /// Its body.
+    pub body: String,
+}
+
+/// Fault injection for rehearsals.
+#[derive(Clone, Debug, Default)]
+pub struct Fault {
+    /// Delay a share of requests.
+    pub delay: Option<FaultDelay>,
+    /// Fail a share of requests.
+    pub abort: Option<FaultAbort>,
+    /// A request may ask for a fault with `x-outrigger-fault`.
+    pub allow_header: bool,
+}
+
+/// Injected delay.
+#[derive(Clone, Debug)]
+pub struct FaultDelay {
+    /// Percent of requests (0–100).
+    pub percent: f64,
+    /// How long.
+    pub duration: Duration,
+}
+
+/// Injected failure.
+#[derive(Clone, Debug)]
+pub struct FaultAbort {
+    /// Percent of requests (0–100).
+    pub percent: f64,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// Error rendering.
+#[derive(Clone, Debug)]
+pub struct Errors {
+    /// Replace non-problem upstream 5xx bodies with problem+json.
+    pub normalize_upstream_5xx: bool,
+    /// Problem `type` = this + code.
+    pub type_base: String,
+}
+
+impl Default for Errors {
+    fn default() -> Self {
+        Errors {
+            normalize_upstream_5xx: true,
+            type_base: "urn:outrigger:error:".to_owned(),
+        }
+    }
+}
+
+/// Metrics, traces and logs.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    /// `service.name` of spans and logs.
+    pub service_name: String,
+    /// Tracing.
+    pub tracing: Tracing,
+    /// Logs.
+    pub logs: Logs,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            service_name: "outrigger".to_owned(),
+            tracing: Tracing::default(),
+            logs: Logs::default(),
+        }
+    }
+}
+
+/// Trace propagation formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// W3C `traceparent`/`tracestate`.
+    TraceContext,
+    /// Zipkin B3 (single and multi header), accepted on input.
+    B3,
+}
+
+/// OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    HttpProtobuf,
+}
+
+/// Tracing.
+#[derive(Clone, Debug)]
+pub struct Tracing {
+    /// Export spans here (none: no export).
+    pub otlp_endpoint: Option<http::Uri>,
+    /// OTLP transport.
+    pub otlp_protocol: OtlpProtocol,
+    /// Share of new traces sampled.
+    pub sample_ratio: f64,
+    /// Accepted inbound formats.
+    pub propagate: Vec<Propagation>,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.0,
+            propagate: vec![Propagation::TraceContext],
+        }
+    }
+}
+
+/// Log level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Everything.
+    Trace,
+    /// Diagnostics.
+    Debug,
+    /// Normal.
+    Info,
+    /// Only problems.
+    Warn,
+    /// Only what an operator must act on.
+    Error,
+}
+
+impl LogLevel {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Logs.
+#[derive(Clone, Debug)]
+pub struct Logs {
+    /// Least severe level written.
+    pub level: LogLevel,
+    /// One line per request.
+    pub access_log: bool,
+    /// Share of successful requests logged (failures always are, rate-limited).
+    pub access_sample_ratio: f64,
+    /// Per message kind.
+    pub rate_limit: RateLimit,
+    /// Header values never written anywhere (lower case).
+    pub redact_headers: Vec<String>,
+    /// Query parameter values never written anywhere.
+    pub redact_query_params: Vec<String>,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            level: LogLevel::Info,
+            access_log: true,
+            access_sample_ratio: 1.0,
+            rate_limit: RateLimit::default(),
+            redact_headers: [
+                "authorization",
+                "cookie",
+                "set-cookie",
+                "proxy-authorization",
+                "x-api-key",
+            ]
+            .map(String::from)
+            .to_vec(),
+            redact_query_params: ["token", "access_token", "api_key", "password"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// A token bucket.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    /// Sustained lines per second.
+    pub per_second: f64,
+    /// Burst.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 50.0,
+            burst: 200,
+        }
+    }
+}

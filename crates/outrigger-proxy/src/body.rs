@@ -1,0 +1,148 @@
+//! The bodies that cross the proxy.
+//!
+//! [`RequestBody`] goes to the upstream; [`ResponseBody`] goes back to the client. Both
+//! stream frame by frame (data and trailers) with hyper's backpressure: nothing here buffers
+//! a whole body. [`ResponseBody`] also carries the request's [`Completion`], which records
+//! the access log line and metrics when the last frame has been handed to the client, or
+//! when the client goes away first.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::pool::UpstreamBody;
+use crate::stack::Completion;
+
+/// A request body on its way to the upstream.
+pub enum RequestBody {
+    /// The client's body, streamed as it arrives.
+    Incoming(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// What a response body is made of.
+pub enum ProxyBody {
+    /// Nothing.
+    Empty,
+    /// A body outrigger made (an error document), sent in one frame.
+    Full(Option<Bytes>),
+    /// The upstream's body, streamed.
+    Upstream(UpstreamBody),
+}
+
+impl ProxyBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        ProxyBody::Empty
+    }
+
+    /// A body of these bytes.
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody::Full(Some(bytes))
+    }
+}
+
+/// A response body on its way to the client, with the request's completion record.
+pub struct ResponseBody {
+    body: ProxyBody,
+    completion: Option<Completion>,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(body: ProxyBody, completion: Option<Completion>) -> Self {
+        ResponseBody { body, completion }
+    }
+
+    fn finish(&mut self, error: Option<&hyper::Error>) {
+        if let Some(mut c) = self.completion.take() {
+            c.body_finished(error);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.body {
+            ProxyBody::Empty => None,
+            ProxyBody::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
+            ProxyBody::Upstream(b) => ready!(Pin::new(b).poll_frame(cx)),
+        };
+        match &polled {
+            None => this.finish(None),
+            Some(Err(e)) => this.finish(Some(e)),
+            Some(Ok(_)) if this.body.is_end_stream() => this.finish(None),
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.completion.take() {
+            // hyper may never poll a body that is empty from the start (HEAD, 204, 304); one
+            // that still had frames to send was abandoned by the client.
+            if self.body.is_end_stream() {
+                c.body_finished(None);
+            } else {
+                c.client_gone();
+            }
+        }
+    }
+}
+
+impl ProxyBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Header rules at the proxy boundary: request ids, hop-by-hop removal (RFC 9110 §7.6.1)
+//! and forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`).
+
+use std::net::IpAddr;
+
+use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+
+/// `x-request-id`: kept when sane, generated otherwise, echoed on every response.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The request id for this request: the inbound `x-request-id` if it is 1–128 characters
+/// of `[A-Za-z0-9._-]`, otherwise a new UUID v7 (time-ordered, so ids sort by arrival).
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=128).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Proxy-Connection`,
+/// `Keep-Alive`, `TE` (except `te: trailers`, which gRPC needs end to end),
+/// `Transfer-Encoding`, and `Upgrade` unless this proxy is performing the upgrade — in which
+/// case `Connection: upgrade` is put back.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrading && name == UPGRADE) && name != TE {
+            headers.remove(&name);
+        }
+    }
+    headers.remove(CONNECTION);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(KEEP_ALIVE);
+    headers.remove(TRANSFER_ENCODING);
+    let te_trailers = headers
+        .get_all(TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    headers.remove(TE);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrading {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Appends the peer to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
+pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) {
+    let peer_text = peer.to_string();
+    append_list(headers, X_FORWARDED_FOR, &peer_text);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    // RFC 7239: an IPv6 node is quoted and bracketed.
+    let element = match peer {
+        IpAddr::V4(_) => format!("for={peer_text};proto={proto}"),
+        IpAddr::V6(_) => format!("for=\"[{peer_text}]\";proto={proto}"),
+    };
+    append_list(headers, FORWARDED, &element);
+}
+
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing}, {item}"),
+        _ => item.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// The size of the request head as a client sent it: request line and header lines.
+pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let line = method.as_str().len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
+    line + headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123_x.y"));
+        assert_eq!(request_id(&h), "abc-123_x.y");
+        for bad in ["has space", "semi;colon", ""] {
+            h.insert(X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let id = request_id(&h);
+            assert_eq!(id.len(), 36, "{bad:?} -> {id:?}");
+            assert_eq!(
+                uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap().get_version_num(),
+                7
+            );
+        }
+        h.insert(X_REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
+        assert_eq!(request_id(&h).len(), 36);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(PROXY_CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-keep"]);
+        assert_eq!(h[TE], "trailers");
+    }
+
+    #[test]
+    fn upgrades_keep_upgrade_and_connection_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        add_forwarding(&mut h, "::1".parse().unwrap(), "http");
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7, ::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http");
+    }
+}

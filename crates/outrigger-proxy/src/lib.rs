@@ -1,0 +1,184 @@
+//! outrigger's data path.
+//!
+//! [`Proxy::bind`] binds every listener and the admin port of a validated config;
+//! [`Proxy::run`] serves until the shutdown future resolves, then drains. The request path
+//! itself reads top to bottom in [`stack`].
+
+mod admin;
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod pool;
+pub mod router;
+mod server;
+pub mod stack;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use outrigger_config::{Config, Role};
+use outrigger_telemetry::Metrics;
+
+pub use error::{ErrorClass, ErrorKind, ProxyError};
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} ({what}): {source}{hint}")]
+pub struct BindError {
+    /// Which listener (`listener 'inbound'` or `admin`).
+    pub what: String,
+    /// The address.
+    pub address: SocketAddr,
+    /// The operating system's reason.
+    #[source]
+    pub source: std::io::Error,
+    hint: &'static str,
+}
+
+/// A bound, not yet serving, proxy.
+pub struct Proxy {
+    config: Config,
+    metrics: Metrics,
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    admin: (TcpListener, SocketAddr),
+}
+
+impl Proxy {
+    /// Binds every listener and the admin address. Nothing is served yet.
+    pub async fn bind(config: Config, metrics: Metrics) -> Result<Self, BindError> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let bound = bind(l.address, format!("listener '{}'", l.name)).await?;
+            listeners.push(bound);
+        }
+        let admin = bind(config.admin.address, "admin".to_owned()).await?;
+        Ok(Proxy {
+            config,
+            metrics,
+            listeners,
+            admin,
+        })
+    }
+
+    /// The bound address of each listener, by name (useful with port 0).
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.config
+            .listeners
+            .iter()
+            .zip(&self.listeners)
+            .map(|(l, (_, a))| (l.name.clone(), *a))
+            .collect()
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.1
+    }
+
+    /// Serves until `shutdown` resolves, then drains: readiness goes off at once, traffic
+    /// is still served for `drain.delay` (while endpoints update), then listeners stop
+    /// accepting and open connections finish their requests for at most `drain.timeout`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Proxy {
+            config,
+            metrics,
+            listeners,
+            admin,
+        } = self;
+        let ready = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(stack::Shared::new(&config, metrics.clone()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+
+        let admin_task = tokio::spawn(admin::serve(
+            admin.0,
+            Arc::new(admin::AdminState {
+                metrics,
+                ready: ready.clone(),
+            }),
+            stop_rx.clone(),
+        ));
+        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz.", admin.1);
+        for (i, ((listener, addr), cfg)) in listeners.into_iter().zip(&config.listeners).enumerate() {
+            tracing::info!(
+                kind = "lifecycle",
+                listener = %cfg.name,
+                role = cfg.role.as_str(),
+                address = %addr,
+                "Listener {} ({}) is accepting on {addr}.",
+                cfg.name,
+                cfg.role.as_str()
+            );
+            tokio::spawn(server::accept_loop(
+                listener,
+                i,
+                cfg.limits.clone(),
+                shared.clone(),
+                stop_rx.clone(),
+                alive_tx.clone(),
+            ));
+        }
+        drop(alive_tx);
+        ready.store(true, Ordering::Release);
+        tracing::info!(
+            kind = "lifecycle",
+            routes = config.routes.len(),
+            upstreams = config.upstreams.len(),
+            "outrigger is ready."
+        );
+
+        shutdown.await;
+        ready.store(false, Ordering::Release);
+        let has_inbound = config.listeners.iter().any(|l| l.role == Role::Inbound);
+        tracing::info!(
+            kind = "lifecycle",
+            delay_ms = config.drain.delay.as_millis() as u64,
+            timeout_ms = config.drain.timeout.as_millis() as u64,
+            "Draining: readiness is off; serving for {} more while endpoints update{}.",
+            error::humanize(config.drain.delay),
+            if has_inbound { "" } else { " (no inbound listener)" }
+        );
+        tokio::time::sleep(config.drain.delay).await;
+        let _ = stop_tx.send(true);
+        let finished = tokio::time::timeout(config.drain.timeout, alive_rx.recv())
+            .await
+            .is_ok();
+        if finished {
+            tracing::info!(kind = "lifecycle", "Drained: every connection has finished. Exiting.");
+        } else {
+            tracing::warn!(
+                kind = "lifecycle",
+                "Drain timeout of {} reached with connections still open; exiting anyway.",
+                error::humanize(config.drain.timeout)
+            );
+        }
+        admin_task.abort();
+    }
+}
+
+async fn bind(address: SocketAddr, what: String) -> Result<(TcpListener, SocketAddr), BindError> {
+    let hint = |e: &std::io::Error| match e.kind() {
+        std::io::ErrorKind::AddrInUse => " (another process is using this port: find it with `ss -ltnp`)",
+        std::io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+        _ => "",
+    };
+    let listener = server::bind(address).await.map_err(|source| BindError {
+        what: what.clone(),
+        address,
+        hint: hint(&source),
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| BindError {
+        what,
+        address,
+        hint: "",
+        source,
+    })?;
+    Ok((listener, local))
+}

@@ -1,0 +1,354 @@
+//! Connections to one endpoint: HTTP/1.1 keep-alive connections reused one request at a
+//! time, and one multiplexed HTTP/2 connection.
+//!
+//! We keep our own pool instead of hyper-util's legacy client because the proxy must know,
+//! for every attempt, whether the connection was fresh or reused and how long it had been
+//! idle (the keep-alive race behind most "connection reset" mysteries), and must choose the
+//! endpoint itself while keeping the client's `Host`/`:authority`.
+//!
+//! An HTTP/1.1 connection goes back to the idle list only once its response body has been
+//! read to the end ([`UpstreamBody`] does that); one abandoned mid-body is closed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::RequestBody;
+
+/// Pool settings of one upstream.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+    /// Close idle connections after this long.
+    pub idle_timeout: Duration,
+    /// Keep at most this many idle HTTP/1.1 connections.
+    pub max_idle: usize,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The connect did not finish in time.
+    Timeout(Duration),
+    /// The name did not resolve.
+    Dns(io::Error),
+    /// The connect failed (refused, unreachable, reset).
+    Io(io::Error),
+    /// The HTTP handshake failed (HTTP/2 preface rejected).
+    Handshake(hyper::Error),
+}
+
+impl ConnectError {
+    /// A few words for the error detail: "connection refused", "timed out after 1s".
+    pub fn reason(&self) -> String {
+        match self {
+            ConnectError::Timeout(d) => format!(
+                "the connection was not established within {}",
+                crate::error::humanize(*d)
+            ),
+            ConnectError::Dns(e) => format!("the name did not resolve ({e})"),
+            ConnectError::Io(e) => match e.kind() {
+                io::ErrorKind::ConnectionRefused => {
+                    "the connection was refused (nothing is listening on that port)".to_owned()
+                }
+                io::ErrorKind::ConnectionReset => "the connection was reset while connecting".to_owned(),
+                _ => format!("{e}"),
+            },
+            ConnectError::Handshake(e) => format!("the HTTP/2 handshake failed ({e})"),
+        }
+    }
+}
+
+/// How the connection used for a request was obtained.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    /// It had served requests before.
+    pub reused: bool,
+    /// How long it had been idle before this request (zero when fresh).
+    pub idle_for: Duration,
+}
+
+struct IdleConn {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// The connections to one `host:port`.
+pub struct EndpointPool {
+    host: String,
+    port: u16,
+    label: String,
+    settings: PoolSettings,
+    idle: Mutex<Vec<IdleConn>>,
+    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+impl EndpointPool {
+    /// A pool for `host:port` (no connection is made yet).
+    pub fn new(host: String, port: u16, settings: PoolSettings) -> Self {
+        let label = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        EndpointPool {
+            host,
+            port,
+            label,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
+    }
+
+    /// `host:port`, for logs and error details.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
+        let connect = async {
+            let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
+                .await
+                .map_err(ConnectError::Dns)?;
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(ConnectError::Io(last))
+        };
+        let stream = tokio::time::timeout(self.settings.connect_timeout, connect)
+            .await
+            .map_err(|_| ConnectError::Timeout(self.settings.connect_timeout))??;
+        // Small requests must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Sends one request over HTTP/1.1, reusing an idle connection when one is ready.
+    ///
+    /// A reused connection that turns out to be closed before any byte of the request was
+    /// written (the upstream closed it while idle: the keep-alive race) gets the request
+    /// back from hyper, and the request goes out on a fresh connection instead. This is
+    /// always safe, whatever the method, because the upstream never saw it.
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
+        loop {
+            let (mut sender, info) = match self.take_idle() {
+                Some(found) => found,
+                None => (
+                    self.connect_http1().await?,
+                    ConnInfo {
+                        reused: false,
+                        idle_for: Duration::ZERO,
+                    },
+                ),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                    let back = if upgraded {
+                        None
+                    } else {
+                        Some(Checkin {
+                            pool: self.clone(),
+                            sender,
+                        })
+                    };
+                    return Ok((resp.map(|body| UpstreamBody::new(body, back)), info));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if info.reused => {
+                        tracing::debug!(endpoint = %self.label, idle_ms = info.idle_for.as_millis() as u64, "reused upstream connection was already closed; sending on another");
+                        req = unsent;
+                    }
+                    _ => return Err(SendError::Request(e.into_error(), info)),
+                },
+            }
+        }
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let io = TokioIo::new(self.connect_tcp().await.map_err(SendError::Connect)?);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
+        let label = self.label.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/1.1 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends one request over this endpoint's HTTP/2 connection, connecting if needed.
+    pub async fn send_http2(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
+        let existing = self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
+        let (mut sender, info) = match existing {
+            Some(s) => (
+                s,
+                ConnInfo {
+                    reused: true,
+                    idle_for: Duration::ZERO,
+                },
+            ),
+            None => {
+                let io = TokioIo::new(self.connect_tcp().await.map_err(SendError::Connect)?);
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
+                let label = self.label.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended with an error");
+                    }
+                });
+                *self.lock_h2() = Some(sender.clone());
+                (
+                    sender,
+                    ConnInfo {
+                        reused: false,
+                        idle_for: Duration::ZERO,
+                    },
+                )
+            }
+        };
+        sender.ready().await.map_err(|e| SendError::Request(e, info))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e, info))?;
+        Ok((resp.map(|b| UpstreamBody::new(b, None)), info))
+    }
+
+    fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<RequestBody>>> {
+        // A poisoned lock only means another thread panicked while holding a plain Option.
+        self.h2.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection that is still open and not too old.
+    fn take_idle(&self) -> Option<(http1::SendRequest<RequestBody>, ConnInfo)> {
+        let mut idle = self.lock_idle();
+        let timeout = self.settings.idle_timeout;
+        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        // A connection whose previous response just ended may not have noticed yet; leave
+        // it for the next request rather than closing it.
+        let i = idle.iter().rposition(|c| c.sender.is_ready())?;
+        let conn = idle.remove(i);
+        Some((
+            conn.sender,
+            ConnInfo {
+                reused: true,
+                idle_for: conn.since.elapsed(),
+            },
+        ))
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() || self.settings.max_idle == 0 {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        // Drop connections that have outlived the idle timeout while we are here.
+        let timeout = self.settings.idle_timeout;
+        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        if idle.len() >= self.settings.max_idle {
+            idle.remove(0);
+        }
+        idle.push(IdleConn {
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made.
+    Connect(ConnectError),
+    /// The request or response failed on an established connection.
+    Request(hyper::Error, ConnInfo),
+}
+
+struct Checkin {
+    pool: Arc<EndpointPool>,
+    sender: http1::SendRequest<RequestBody>,
+}
+
+/// An upstream response body that returns its HTTP/1.1 connection to the pool once read
+/// to the end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
+        let mut body = UpstreamBody { inner, checkin };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.pool.checkin(c.sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            None => this.release(),
+            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
+            // A failed body leaves the connection unusable: dropping the sender closes it.
+            Some(Err(_)) => this.checkin = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,211 @@
+//! Route matching: the first route whose every condition holds wins.
+
+use http::{HeaderMap, Method, Uri};
+
+use outrigger_config::Route;
+
+/// The routes of one config, in order.
+pub struct Router<R> {
+    routes: Vec<(Route, Vec<usize>, R)>,
+}
+
+/// The parts of a request that routes match on.
+pub struct Request<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI as received.
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// What the router looks at, taken from a request once.
+pub struct RouteQuery<'a> {
+    /// The listener the request came in on (index into the config's listeners).
+    pub listener: usize,
+    /// Host without port, as sent (any case).
+    pub host: Option<&'a str>,
+    /// The port of the authority, when one was given.
+    pub port: Option<u16>,
+    /// An HTTP/1.1 absolute-form request (an app using outrigger as `HTTP_PROXY`).
+    pub absolute_form: bool,
+}
+
+impl<R> Router<R> {
+    /// A router over `routes`, each with the listener indexes it may serve (empty: all) and
+    /// the runtime data `R` the caller attaches.
+    pub fn new(routes: Vec<(Route, Vec<usize>, R)>) -> Self {
+        Router { routes }
+    }
+
+    /// The first route that matches, with its data.
+    pub fn find(&self, req: &Request<'_>, q: &RouteQuery<'_>) -> Option<(&Route, &R)> {
+        self.routes
+            .iter()
+            .find(|(route, listeners, _)| {
+                (listeners.is_empty() || listeners.contains(&q.listener)) && matches(route, req, q)
+            })
+            .map(|(route, _, data)| (route, data))
+    }
+
+    /// Every route, in order.
+    pub fn routes(&self) -> impl Iterator<Item = (&Route, &R)> {
+        self.routes.iter().map(|(r, _, d)| (r, d))
+    }
+}
+
+fn matches(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
+    let m = &route.matcher;
+    // Proxy-style requests name their destination; only a route that names that host may
+    // take them, so outrigger never becomes an open proxy.
+    match (&m.host, q.host) {
+        (Some(hm), Some(host)) if hm.matches(host, q.port) => {}
+        (Some(_), _) => return false,
+        (None, _) if q.absolute_form => return false,
+        (None, _) => {}
+    }
+    let path = req.uri.path();
+    if m.path.as_deref().is_some_and(|p| p != path) {
+        return false;
+    }
+    if m.path_prefix.as_deref().is_some_and(|p| !path.starts_with(p)) {
+        return false;
+    }
+    if m.path_regex.as_ref().is_some_and(|r| !r.is_match(path)) {
+        return false;
+    }
+    if !m.methods.is_empty() && !m.methods.contains(req.method) {
+        return false;
+    }
+    m.headers
+        .iter()
+        .all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value))
+}
+
+/// Splits an authority (`host`, `host:port`, `[v6]:port`) into host and port.
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (authority, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml_routes: &str) -> outrigger_config::Config {
+        let text = format!(
+            "listeners: [{{name: a, address: 127.0.0.1:0}}, {{name: b, role: outbound, address: 127.0.0.1:0}}]\nupstreams: {{u: {{endpoints: [127.0.0.1:1]}}}}\nroutes:\n{yaml_routes}"
+        );
+        outrigger_config::from_yaml(&text, "t.yaml", &|_| None).unwrap()
+    }
+
+    fn router(yaml_routes: &str) -> Router<()> {
+        let c = config(yaml_routes);
+        Router::new(
+            c.routes
+                .iter()
+                .map(|r| {
+                    let ls = r
+                        .listener
+                        .as_ref()
+                        .map(|l| vec![c.listeners.iter().position(|x| &x.name == l).unwrap()])
+                        .unwrap_or_default();
+                    (r.clone(), ls, ())
+                })
+                .collect(),
+        )
+    }
+
+    fn find<'r>(
+        r: &'r Router<()>,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        listener: usize,
+    ) -> Option<&'r str> {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        let absolute_form = parts.uri.authority().is_some();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| parts.headers.get("host").map(|h| h.to_str().unwrap().to_owned()));
+        let (host, port) = authority
+            .as_deref()
+            .map(split_authority)
+            .map_or((None, None), |(h, p)| (Some(h), p));
+        r.find(
+            &Request {
+                method: &parts.method,
+                uri: &parts.uri,
+                headers: &parts.headers,
+            },
+            &RouteQuery {
+                listener,
+                host,
+                port,
+                absolute_form,
+            },
+        )
+        .map(|(route, _)| route.name.as_str())
+    }
+
+    #[test]
+    fn first_match_wins_across_path_method_header_and_host_rules() {
+        let r = router(
+            "  - {name: exact, match: {path: /health}, upstream: u}\n\
+             \x20 - {name: post, match: {path_prefix: /orders, methods: [POST]}, upstream: u}\n\
+             \x20 - {name: canary, match: {path_prefix: /orders, headers: {x-canary: \"yes\"}}, upstream: u}\n\
+             \x20 - {name: regex, match: {path_regex: \"/items/[0-9]+\"}, upstream: u}\n\
+             \x20 - {name: host, match: {host: \"*.example.com\", path_prefix: /}, upstream: u}\n\
+             \x20 - {name: only-b, match: {path_prefix: /b}, upstream: u, listener: b}\n\
+             \x20 - {name: rest, match: {path_prefix: /}, upstream: u}\n",
+        );
+        assert_eq!(find(&r, "GET", "/health", &[], 0), Some("exact"));
+        assert_eq!(find(&r, "GET", "/health/x", &[], 0), Some("rest"));
+        assert_eq!(find(&r, "POST", "/orders/1", &[], 0), Some("post"));
+        assert_eq!(find(&r, "GET", "/orders/1", &[("x-canary", "yes")], 0), Some("canary"));
+        assert_eq!(find(&r, "GET", "/orders/1", &[("x-canary", "no")], 0), Some("rest"));
+        assert_eq!(find(&r, "GET", "/items/42", &[], 0), Some("regex"));
+        assert_eq!(
+            find(&r, "GET", "/items/42/x", &[], 0),
+            Some("rest"),
+            "regex must match the whole path"
+        );
+        assert_eq!(
+            find(&r, "GET", "/", &[("host", "API.example.com:8080")], 0),
+            Some("host")
+        );
+        assert_eq!(find(&r, "GET", "/", &[("host", "example.com")], 0), Some("rest"));
+        assert_eq!(find(&r, "GET", "/b", &[], 1), Some("only-b"));
+        assert_eq!(find(&r, "GET", "/b", &[], 0), Some("rest"));
+    }
+
+    #[test]
+    fn absolute_form_needs_a_route_that_names_the_host() {
+        let r = router(
+            "  - {name: pay, match: {host: payments.internal, path_prefix: /}, upstream: u}\n  - {name: rest, match: {path_prefix: /}, upstream: u}\n",
+        );
+        assert_eq!(find(&r, "GET", "http://payments.internal/x", &[], 1), Some("pay"));
+        assert_eq!(find(&r, "GET", "http://evil.example/x", &[], 1), None);
+    }
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        assert_eq!(split_authority("a.b:80"), ("a.b", Some(80)));
+        assert_eq!(split_authority("a.b"), ("a.b", None));
+        assert_eq!(split_authority("[::1]:8080"), ("::1", Some(8080)));
+    }
+}

@@ -1,0 +1,161 @@
+//! JSON logs on stdout: one object per line with `ts`, `level`, `kind`, `msg` and the
+//! event's fields flattened beside them, so `jq` and log pipelines need no schema.
+//!
+//! Events name their kind with a `kind` field (`access`, `lifecycle`, `config`, ...); events
+//! without one get `kind: "event"`. The `message` of a tracing event becomes `msg`.
+
+use std::fmt;
+use std::io::Write;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::prelude::*;
+
+/// Installs the JSON log layer as the global subscriber, writing events at `level` and more
+/// severe. `OUTRIGGER_LOG` (an `EnvFilter` directive such as `debug` or `outrigger_proxy=trace`)
+/// overrides the level when set. Calling it twice is harmless (the second call is ignored).
+pub fn init(level: &str) {
+    let filter = std::env::var("OUTRIGGER_LOG")
+        .ok()
+        .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "warn,outrigger={level},outrigger_proxy={level},outrigger_config={level},outrigger_telemetry={level}"
+            ))
+        });
+    let _ = tracing_subscriber::registry()
+        .with(JsonLines.with_filter(filter))
+        .try_init();
+}
+
+/// The layer that writes one JSON object per event to stdout.
+pub struct JsonLines;
+
+impl<S: Subscriber> Layer<S> for JsonLines {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        write_raw(&render(event.metadata().level(), event));
+    }
+}
+
+/// Writes one log line built by the caller: `ts`, `level`, `kind` and `msg` first, then
+/// `fields` in their order. Used for access logs, which have many optional fields and are
+/// written on every request, so they skip tracing's machinery.
+pub fn write_line(level: Level, kind: &str, msg: &str, fields: Map<String, Value>) {
+    let mut obj = Map::with_capacity(fields.len() + 4);
+    obj.insert(
+        "ts".into(),
+        Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+    );
+    obj.insert("level".into(), Value::String(level_word(&level).into()));
+    obj.insert("kind".into(), Value::String(kind.into()));
+    obj.insert("msg".into(), Value::String(msg.into()));
+    obj.extend(fields);
+    let mut line = Value::Object(obj).to_string();
+    line.push('\n');
+    write_raw(&line);
+}
+
+fn write_raw(line: &str) {
+    // One write of a whole line: lines from concurrent tasks never interleave, and
+    // stdout's line buffering flushes it at once. A closed stdout is not our failure.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+}
+
+fn level_word(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        Level::TRACE => "trace",
+    }
+}
+
+fn render(level: &Level, event: &Event<'_>) -> String {
+    let mut fields = FieldMap(Map::new());
+    event.record(&mut fields);
+    let mut obj = Map::with_capacity(fields.0.len() + 4);
+    obj.insert(
+        "ts".into(),
+        Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+    );
+    obj.insert("level".into(), Value::String(level_word(level).into()));
+    let kind = fields.0.remove("kind").unwrap_or_else(|| Value::String("event".into()));
+    obj.insert("kind".into(), kind);
+    let msg = fields.0.remove("message").unwrap_or(Value::String(String::new()));
+    obj.insert("msg".into(), msg);
+    obj.extend(fields.0);
+    let mut line = Value::Object(obj).to_string();
+    line.push('\n');
+    line
+}
+
+struct FieldMap(Map<String, Value>);
+
+impl Visit for FieldMap {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), Value::String(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), Value::Bool(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Captures rendered lines instead of writing them, to check the shape.
+    struct Capture(Arc<Mutex<Vec<String>>>);
+    impl<S: Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            self.0.lock().unwrap().push(render(event.metadata().level(), event));
+        }
+    }
+
+    #[test]
+    fn lines_are_one_json_object_with_ts_level_kind_msg_and_fields() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Capture(lines.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                kind = "access",
+                status = 503u64,
+                route = "checkout",
+                "The request failed."
+            );
+            tracing::info!("plain");
+        });
+        let lines = lines.lock().unwrap();
+        assert!(lines[0].ends_with('\n') && !lines[0].trim_end().contains('\n'));
+        let v: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["kind"], "access");
+        assert_eq!(v["msg"], "The request failed.");
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["route"], "checkout");
+        assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+        let v: Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(v["kind"], "event");
+    }
+}

@@ -1,0 +1,213 @@
+//! Programmable loopback upstreams for outrigger's tests, benches and demo.
+//!
+//! ```no_run
+//! # async fn f() {
+//! use outrigger_testkit::{Mode, Upstream};
+//! let up = Upstream::start(Mode::Ok).await;          // 200 "ok", /echo, /bytes/N, /count, /ws ...
+//! up.set_mode(Mode::Delay(std::time::Duration::from_millis(300)));
+//! up.set_mode(Mode::Hang);                            // accepts, never answers
+//! let nowhere = outrigger_testkit::refused_addr();    // nothing listens there
+//! # }
+//! ```
+//!
+//! Every server binds 127.0.0.1 port 0 and speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge)
+//! on the same port. Modes switch at run time and apply to the next connection or request.
+
+mod grpc;
+mod paths;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use grpc::GrpcUpstream;
+
+/// How the upstream behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Answer at once: `200 ok` on most paths; see the path list in [`paths`].
+    Ok,
+    /// Answer like `Ok`, after this delay.
+    Delay(Duration),
+    /// Accept connections and read requests, but never answer.
+    Hang,
+    /// Send a response head promising 1 MiB, 100 bytes of it, then reset the connection.
+    ResetMidBody,
+    /// Reset the connection as soon as a request arrives, answering nothing.
+    ResetBeforeResponse,
+    /// `500` with an HTML page holding a stack trace and a fake secret.
+    Html500,
+    /// Bytes that are not HTTP.
+    Garbage,
+    /// Every request gets this status with a short text body.
+    Status(u16),
+}
+
+/// What the upstream has seen.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicUsize,
+    connections: AtomicUsize,
+    last_headers: Mutex<Option<http::HeaderMap>>,
+}
+
+/// A running programmable upstream. Stops when dropped.
+pub struct Upstream {
+    addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    seen: Arc<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    /// Starts an upstream on 127.0.0.1, port chosen by the OS.
+    pub async fn start(mode: Mode) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let mode = Arc::new(Mutex::new(mode));
+        let seen = Arc::new(Seen::default());
+        let task = tokio::spawn(accept(listener, mode.clone(), seen.clone()));
+        Upstream { addr, mode, seen, task }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes the behaviour for what comes next.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().expect("mode lock") = mode;
+    }
+
+    /// Requests received so far (counted once their head is read).
+    pub fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.seen.connections.load(Ordering::SeqCst)
+    }
+
+    /// The headers of the last request served by the HTTP server (not the raw-socket modes).
+    pub fn last_request_headers(&self) -> Option<http::HeaderMap> {
+        self.seen.last_headers.lock().expect("seen lock").clone()
+    }
+}
+
+/// An address on loopback where nothing listens: connecting is refused.
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+async fn accept(listener: TcpListener, mode: Arc<Mutex<Mode>>, seen: Arc<Seen>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        seen.connections.fetch_add(1, Ordering::SeqCst);
+        let current = mode.lock().expect("mode lock").clone();
+        let mode = mode.clone();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            match current {
+                Mode::Hang => hang(stream, &seen).await,
+                Mode::ResetMidBody => reset_mid_body(stream, &seen).await,
+                Mode::ResetBeforeResponse => reset_before_response(stream, &seen).await,
+                Mode::Garbage => garbage(stream, &seen).await,
+                Mode::Ok | Mode::Delay(_) | Mode::Html500 | Mode::Status(_) => serve_http(stream, mode, seen).await,
+            }
+        });
+    }
+}
+
+/// Reads one request head from a raw socket (up to the blank line).
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(buf)
+}
+
+async fn hang(mut stream: TcpStream, seen: &Seen) {
+    if read_head(&mut stream).await.is_some() {
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+    }
+    // Hold the connection open without answering until the peer gives up.
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+async fn reset_mid_body(mut stream: TcpStream, seen: &Seen) {
+    if read_head(&mut stream).await.is_none() {
+        return;
+    }
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1048576\r\n\r\n")
+        .await;
+    let _ = stream.write_all(&[b'x'; 100]).await;
+    let _ = stream.flush().await;
+    // Let the proxy read what was sent before the reset.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+async fn reset_before_response(mut stream: TcpStream, seen: &Seen) {
+    if read_head(&mut stream).await.is_some() {
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+async fn garbage(mut stream: TcpStream, seen: &Seen) {
+    if read_head(&mut stream).await.is_some() {
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let _ = stream
+        .write_all(b"\x00\x01\x02 this is not HTTP \xff\xfe\r\n\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve_http(stream: TcpStream, mode: Arc<Mutex<Mode>>, seen: Arc<Seen>) {
+    let svc = service_fn(move |req| {
+        let mode = mode.lock().expect("mode lock").clone();
+        let seen = seen.clone();
+        async move {
+            seen.requests.fetch_add(1, Ordering::SeqCst);
+            *seen.last_headers.lock().expect("seen lock") = Some(req.headers().clone());
+            Ok::<_, std::convert::Infallible>(paths::answer(req, mode).await)
+        }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .await;
+}

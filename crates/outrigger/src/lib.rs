@@ -1,0 +1,267 @@
+//! The `outrigger` command line: `run`, `check`, and the wiring of config, telemetry and
+//! the data path into one process.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use outrigger_config::{Config, ConfigError};
+
+/// The version and commit of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The git commit this build was made from ("unknown" outside a checkout).
+pub const COMMIT: &str = env!("OUTRIGGER_COMMIT");
+
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("OUTRIGGER_COMMIT"), ")");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "outrigger",
+    version = VERSION,
+    long_version = LONG_VERSION,
+    about = "A sidecar reliability proxy: timeouts, retries, circuit breakers, one error shape, and telemetry that says why.",
+    after_help = "Examples:\n  \
+        outrigger run                               sidecar for an app on 127.0.0.1:8080 (listen :15001, admin :15090)\n  \
+        outrigger run -c /etc/outrigger/outrigger.yaml --workers 2\n  \
+        outrigger check -c config/outrigger.yaml    validate a config and show its routes\n\n\
+        Exit codes: 0 ok, 1 runtime or config failure, 2 usage error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the proxy (without -c: the built-in sidecar config).
+    #[command(
+        after_help = "Examples:\n  outrigger run\n  outrigger run -c config/outrigger.yaml\n  OUTRIGGER_LOG=debug outrigger run -c my.yaml --workers 1\n\n\
+        Signals: SIGTERM/SIGINT drain and exit 0."
+    )]
+    Run {
+        /// Config file (YAML). Without it: listen on 0.0.0.0:15001, forward to 127.0.0.1:8080, admin on :15090.
+        #[arg(short, long, value_name = "FILE", env = "OUTRIGGER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Worker threads of the runtime (default: one per available core).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
+    },
+    /// Validate a config file: exit 0 and print its listeners and routes, or exit 1 with every error.
+    #[command(
+        after_help = "Examples:\n  outrigger check -c config/outrigger.yaml\n  outrigger check -c my.yaml || echo \"fix the errors above\""
+    )]
+    Check {
+        /// Config file (YAML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0; real usage errors exit 2.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config, workers } => run(config, workers),
+    }
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+    match path {
+        Some(p) => outrigger_config::load(p),
+        None => outrigger_config::builtin(),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match outrigger_config::load(path) {
+        Ok(config) => {
+            println!("{} is valid.\n", path.display());
+            print!("{}", summary(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A short table of listeners and routes, for `check`.
+fn summary(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut rows = vec![["LISTENER".to_owned(), "ROLE".to_owned(), "ADDRESS".to_owned()]];
+    for l in &config.listeners {
+        rows.push([l.name.clone(), l.role.as_str().to_owned(), l.address.to_string()]);
+    }
+    rows.push(["(admin)".to_owned(), String::new(), config.admin.address.to_string()]);
+    out.push_str(&table(&rows));
+    out.push('\n');
+    let mut rows = vec![[
+        "ROUTE".to_owned(),
+        "MATCH".to_owned(),
+        "LISTENER".to_owned(),
+        "UPSTREAM".to_owned(),
+        "ENDPOINTS".to_owned(),
+    ]];
+    for r in &config.routes {
+        let m = &r.matcher;
+        let mut desc = String::new();
+        if !m.methods.is_empty() {
+            let _ = write!(
+                desc,
+                "{} ",
+                m.methods.iter().map(|x| x.as_str()).collect::<Vec<_>>().join("|")
+            );
+        }
+        if let Some(h) = &m.host {
+            let _ = write!(
+                desc,
+                "{}{}",
+                h.host,
+                h.port.map(|p| format!(":{p}")).unwrap_or_default()
+            );
+        }
+        match (&m.path, &m.path_prefix, &m.path_regex) {
+            (Some(p), _, _) => desc.push_str(p),
+            (_, Some(p), _) => {
+                let _ = write!(desc, "{p}*");
+            }
+            (_, _, Some(r)) => {
+                let _ = write!(
+                    desc,
+                    "~{}",
+                    r.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
+                );
+            }
+            _ => desc.push_str("(any path)"),
+        }
+        if !m.headers.is_empty() {
+            let _ = write!(desc, " +{} header rule(s)", m.headers.len());
+        }
+        let endpoints = config
+            .upstream(&r.upstream)
+            .map(|u| {
+                u.endpoints
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        rows.push([
+            r.name.clone(),
+            desc.trim().to_owned(),
+            r.listener.clone().unwrap_or_else(|| "all".to_owned()),
+            r.upstream.clone(),
+            endpoints,
+        ]);
+    }
+    out.push_str(&table(&rows));
+    out
+}
+
+fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn run(path: Option<PathBuf>, workers: Option<u16>) -> ExitCode {
+    let config = match load(path.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "outrigger did not start: fix the config and run again (`outrigger check -c FILE` shows every problem)."
+            );
+            return ExitCode::from(1);
+        }
+    };
+    outrigger_telemetry::logging::init(config.telemetry.logs.level.as_str());
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = workers {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(serve(config, path))
+}
+
+async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
+    let metrics = match outrigger_telemetry::Metrics::new(VERSION, COMMIT) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: cannot set up metrics (a bug in outrigger): {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let source = path
+        .as_ref()
+        .map_or_else(|| "the built-in config".to_owned(), |p| p.display().to_string());
+    let proxy = match outrigger_proxy::Proxy::bind(config, metrics).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(kind = "lifecycle", error = %e, "outrigger could not start: {e}.");
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(kind = "lifecycle", version = VERSION, commit = COMMIT, config = %source, "outrigger {VERSION} starting with {source}.");
+    proxy.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT. SIGHUP is caught so that it cannot kill the process.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!(
+            kind = "lifecycle",
+            "Cannot install signal handlers; stop outrigger with SIGKILL."
+        );
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!(kind = "lifecycle", signal = "SIGTERM", "Received SIGTERM."); return; }
+            _ = int.recv() => { tracing::info!(kind = "lifecycle", signal = "SIGINT", "Received SIGINT."); return; }
+            _ = hup.recv() => {
+                tracing::warn!(kind = "reload", signal = "SIGHUP", "Received SIGHUP: live config reload is not available in this version; the running config stays. Restart to apply a new config.");
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The command line, run as a user would: exit codes, `check` output, errors with positions.
+
+use outrigger_tests::{run_cli, temp_file};
+
+fn repo_file(rel: &str) -> String {
+    format!("{}/../{rel}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_every_shipped_config_and_prints_routes() {
+    for file in ["config/outrigger.yaml", "config/minimal.yaml"] {
+        let (code, out, err) = run_cli(&["check", "-c", &repo_file(file)]);
+        assert_eq!(code, 0, "{file}: {err}");
+        assert!(out.contains("is valid"), "{out}");
+        assert!(
+            out.contains("LISTENER") && out.contains("ROUTE") && out.contains("127.0.0.1:8080"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_a_typo_a_dangling_upstream_and_a_bad_duration_at_once() {
+    let file = temp_file(
+        "bad.yaml",
+        "listeners:\n  - name: inbound\n    address: 127.0.0.1:15001\nupstreams:\n  app:\n    endpoints: [127.0.0.1:8080]\nroutes:\n  - name: default\n    match: {path_prefix: /}\n    upstream: payments\n    timout: 2s\n    timeout: 5parsecs\n",
+    );
+    let (code, out, err) = run_cli(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let f = file.display();
+    assert!(
+        err.contains(&format!(
+            "{f}:10:15: routes[0].upstream: upstream `payments` is not defined"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:11:5: routes[0]: unknown field `timout`")),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `timeout`?"), "{err}");
+    assert!(
+        err.contains(&format!("{f}:12:14: routes[0].timeout: invalid duration `5parsecs`")),
+        "{err}"
+    );
+    assert!(err.contains("3 errors in"), "{err}");
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn missing_config_file_exits_1_and_says_which() {
+    let (code, _, err) = run_cli(&["check", "-c", "/definitely/not/here.yaml"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read config file /definitely/not/here.yaml"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&["run", "-c", "/definitely/not/here.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("outrigger did not start"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_and_version_exit_0() {
+    assert_eq!(run_cli(&["frobnicate"]).0, 2);
+    assert_eq!(run_cli(&["run", "--no-such-flag"]).0, 2);
+    assert_eq!(run_cli(&["run", "--workers", "0"]).0, 2);
+    assert_eq!(run_cli(&["check"]).0, 2, "check needs -c");
+    let (code, out, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Examples:") && out.contains("outrigger run"), "{out}");
+    let (code, out, _) = run_cli(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("outrigger 0."), "{out}");
+}
