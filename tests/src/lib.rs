@@ -73,6 +73,19 @@ pub fn config(endpoints: &[SocketAddr], routes: &str) -> String {
     )
 }
 
+/// Adds `limits: {<limits>}` to the inbound listener of a [`config`] file.
+pub fn with_inbound_limits(yaml: &str, limits: &str) -> String {
+    yaml.replace(
+        "{name: inbound, address: 127.0.0.1:0}",
+        &format!("{{name: inbound, address: 127.0.0.1:0, limits: {{{limits}}}}}"),
+    )
+}
+
+/// Adds a setting line (e.g. `protocol: http2`) to the `app` upstream of a [`config`] file.
+pub fn with_upstream_setting(yaml: &str, setting: &str) -> String {
+    yaml.replace("connect_timeout: 2s", &format!("connect_timeout: 2s\n    {setting}"))
+}
+
 /// The default route list for [`config`]: everything to `app` with a 2 s timeout.
 pub const DEFAULT_ROUTE: &str = "  - {name: default, match: {path_prefix: /}, upstream: app, timeout: 2s}\n";
 

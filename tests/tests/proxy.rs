@@ -89,8 +89,7 @@ async fn http2_prior_knowledge_works_end_to_end() {
 #[tokio::test]
 async fn http2_upstream_carries_trailers_to_http2_clients() {
     let up = Upstream::start(Mode::Ok).await;
-    let yaml =
-        config(&[up.addr()], DEFAULT_ROUTE).replace("connect_timeout: 2s", "connect_timeout: 2s\n    protocol: http2");
+    let yaml = with_upstream_setting(&config(&[up.addr()], DEFAULT_ROUTE), "protocol: http2");
     let proxy = Outrigger::start(&yaml);
     let client = http2_client();
     let resp = client

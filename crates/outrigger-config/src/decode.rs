@@ -171,14 +171,22 @@ pub(crate) fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// The closest known name, when it is close enough to be a likely typo.
+/// The closest known name, when it is close enough to be a likely typo: a swapped,
+/// missing or extra letter or two (`timout`, `GTE`), or a close spelling by Jaro-Winkler
+/// (`telemetri`).
 pub(crate) fn suggest<'k>(word: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
+    let lower = word.to_ascii_lowercase();
+    let edits_allowed = (word.chars().count() / 3).max(1);
     known
         .into_iter()
-        .map(|k| (strsim::jaro_winkler(word, k), k))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
+        .map(|k| {
+            let edits = strsim::osa_distance(&lower, &k.to_ascii_lowercase());
+            let similar = strsim::jaro_winkler(&lower, &k.to_ascii_lowercase());
+            (edits, similar, k)
+        })
+        .filter(|(edits, similar, _)| *edits <= edits_allowed || *similar > 0.85)
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+        .map(|(_, _, k)| k)
 }
 
 // ----- converters: each reports its own problem and returns None -----

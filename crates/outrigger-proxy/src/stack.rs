@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! context   request id (keep a sane inbound x-request-id, else a new UUID v7), start time
-//! guard     request head within the listener's limit; no ambiguous framing
+//! guard     request head within the listener's limit (framing is checked by hyper)
 //! route     host / path / method / headers -> route_not_found; absolute-form needs a host rule
 //! rewrite   hop-by-hop headers out, forwarding headers in (inbound listeners), origin-form URI
 //! forward   one attempt to the upstream within the route timeout
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONTENT_TYPE, HOST, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -135,16 +135,9 @@ impl Shared {
                 grpc,
             );
         }
-        if req.headers().contains_key(TRANSFER_ENCODING) && req.headers().contains_key(CONTENT_LENGTH) {
-            // RFC 9112 §6.1: a request smuggling vector. Refuse instead of guessing the framing.
-            return self.fail(
-                done,
-                ProxyError::new(ErrorKind::BadRequest {
-                    reason: "it has both Content-Length and Transfer-Encoding",
-                }),
-                grpc,
-            );
-        }
+        // Ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths,
+        // obs-fold) never gets this far: hyper frames by Transfer-Encoding alone, drops
+        // Content-Length and closes the connection after the response, or answers 400.
 
         // --- route ---
         let absolute_form = req.version() <= Version::HTTP_11 && req.uri().authority().is_some();

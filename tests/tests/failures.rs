@@ -1,0 +1,165 @@
+//! Upstream failures provoked for real, and what the caller, the metrics and the logs see.
+
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use outrigger_testkit::{Mode, Upstream, refused_addr};
+use outrigger_tests::*;
+
+#[tokio::test]
+async fn refused_upstream_is_503_upstream_connect_failed() {
+    let nowhere = refused_addr();
+    let proxy = Outrigger::start(&config(&[nowhere], DEFAULT_ROUTE));
+    let reply = get(&proxy.url("/checkout?card=4242")).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("content-type"), "application/problem+json");
+    assert_eq!(reply.header("outrigger-error"), "upstream_connect_failed");
+    let p = reply.json();
+    assert_eq!(p["code"], "upstream_connect_failed");
+    assert_eq!(p["class"], "upstream");
+    assert_eq!(p["retryable"], true);
+    assert_eq!(p["route"], "default");
+    assert_eq!(p["upstream"], "app");
+    assert_eq!(p["instance"], "/checkout");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("'app' at {nowhere}")) && detail.contains("refused"),
+        "{detail}"
+    );
+
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    assert_eq!(line["level"], "warn");
+    assert_eq!(line["code"], "upstream_connect_failed");
+    assert_eq!(line["class"], "upstream");
+    assert_eq!(line["status"], 503);
+    assert_eq!(line["endpoint"], serde_json::Value::Null, "no endpoint answered");
+    assert_eq!(line["attempts"][0]["endpoint"], nowhere.to_string());
+    assert_eq!(line["attempts"][0]["connection"], "fresh");
+    assert!(line["cause"].as_str().unwrap().contains("refused"), "{line}");
+    let labels = [
+        "error_type=\"upstream_connect_failed\"",
+        "error_class=\"upstream\"",
+        "http_response_status_code=\"503\"",
+    ];
+    assert_eq!(
+        proxy
+            .metric("http_server_request_duration_seconds_count", &labels)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "http_client_request_duration_seconds_count",
+                &["error_type=\"upstream_connect_failed\""]
+            )
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn hanging_upstream_is_504_upstream_timeout_at_the_route_timeout() {
+    let up = Upstream::start(Mode::Hang).await;
+    let routes = "  - {name: slow, match: {path_prefix: /}, upstream: app, timeout: 300ms}\n";
+    let proxy = Outrigger::start(&config(&[up.addr()], routes));
+    let started = Instant::now();
+    let reply = get(&proxy.url("/report")).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.header("outrigger-error"), "upstream_timeout");
+    let p = reply.json();
+    assert_eq!(p["detail"], "The service 'app' did not answer within 300ms.");
+    assert_eq!(p["route"], "slow");
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered before the timeout: {took:?}"
+    );
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    assert_eq!(line["code"], "upstream_timeout");
+    assert!(line["duration_ms"].as_f64().unwrap() >= 300.0, "{line}");
+    assert_eq!(
+        proxy
+            .metric(
+                "http_server_request_duration_seconds_count",
+                &["error_type=\"upstream_timeout\"", "http_route=\"slow\""]
+            )
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_within_the_timeout_succeeds() {
+    let up = Upstream::start(Mode::Delay(Duration::from_millis(100))).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 200);
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    assert!(line["upstream_ms"].as_f64().unwrap() >= 100.0, "{line}");
+}
+
+#[tokio::test]
+async fn upstream_reset_before_a_response_is_502_upstream_reset() {
+    let up = Upstream::start(Mode::ResetBeforeResponse).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header("outrigger-error"), "upstream_reset");
+    assert_eq!(reply.json()["class"], "upstream");
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    assert_eq!(line["code"], "upstream_reset");
+    assert_eq!(line["attempts"][0]["code"], "upstream_reset");
+}
+
+#[tokio::test]
+async fn garbage_from_upstream_is_502_upstream_protocol_error() {
+    let up = Upstream::start(Mode::Garbage).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header("outrigger-error"), "upstream_protocol_error");
+    let p = reply.json();
+    assert_eq!(p["retryable"], false);
+    assert!(p["detail"].as_str().unwrap().contains("not valid HTTP"), "{p}");
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    assert_eq!(line["code"], "upstream_protocol_error");
+}
+
+#[tokio::test]
+async fn reset_mid_body_cuts_the_client_off_and_is_logged() {
+    let up = Upstream::start(Mode::ResetMidBody).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let resp = http1_client()
+        .request(http::Request::get(proxy.url("/big")).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the head was already forwarded: never a 502 after a 200"
+    );
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = resp.into_body().collect().await;
+    assert!(
+        body.is_err(),
+        "the client must see the body break off, not a short success"
+    );
+    let line = proxy.access_log(&id).await;
+    assert_eq!(line["level"], "warn");
+    assert_eq!(line["status"], 200);
+    assert!(
+        line["cause"].as_str().unwrap().contains("broke off mid-stream"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_500_passes_through_with_its_status() {
+    let up = Upstream::start(Mode::Html500).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let reply = get(&proxy.url("/")).await;
+    assert_eq!(reply.status, 500);
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    assert_eq!(line["status"], 500);
+}

@@ -1,0 +1,74 @@
+//! Start-up and shutdown as Kubernetes drives them: readiness, SIGTERM drain, exit codes.
+
+use std::time::Duration;
+
+use outrigger_testkit::{Mode, Upstream};
+use outrigger_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0() {
+    let up = Upstream::start(Mode::Delay(Duration::from_millis(800))).await;
+    let yaml = config(&[up.addr()], DEFAULT_ROUTE)
+        .replace("drain: {delay: 0s, timeout: 5s}", "drain: {delay: 300ms, timeout: 10s}");
+    let mut proxy = Outrigger::start(&yaml);
+    assert_eq!(proxy.admin_get("/readyz").await.0, 200);
+
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    // Wait until the request is at the upstream before asking the proxy to stop.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while up.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.signal("TERM");
+    proxy
+        .wait_for_log(|l| l["kind"] == "lifecycle" && l["msg"].as_str().unwrap_or("").starts_with("Draining"))
+        .await;
+    assert_eq!(proxy.admin_get("/readyz").await.0, 503, "readiness goes off at once");
+
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request finishes");
+    assert_eq!(proxy.wait_exit(), 0);
+    proxy
+        .wait_for_log(|l| l["msg"] == "Drained: every connection has finished. Exiting.")
+        .await;
+}
+
+#[tokio::test]
+async fn sighup_does_not_kill_the_proxy() {
+    let up = Upstream::start(Mode::Ok).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    proxy.signal("HUP");
+    proxy.wait_for_log(|l| l["kind"] == "reload").await;
+    assert_eq!(get(&proxy.url("/")).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_port_in_use_fails_start_up_with_exit_1_and_says_why() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let yaml = config(&[taken.local_addr().unwrap()], DEFAULT_ROUTE).replace(
+        "{name: inbound, address: 127.0.0.1:0}",
+        &format!("{{name: inbound, address: {}}}", taken.local_addr().unwrap()),
+    );
+    let path = temp_file("taken.yaml", &yaml);
+    let (code, _, err) = run_cli(&["run", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot listen on") && err.contains("listener 'inbound'") && err.contains("ss -ltnp"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn builtin_config_is_a_sidecar_for_an_app_on_8080() {
+    // The built-in config binds fixed ports (15001, 15090); only check that it parses and
+    // names them, so parallel test runs never fight over those ports.
+    let config = outrigger_config::builtin().expect("built-in config is valid");
+    assert_eq!(config.listeners[0].address.to_string(), "0.0.0.0:15001");
+    assert_eq!(config.admin.address.to_string(), "0.0.0.0:15090");
+    assert_eq!(config.upstreams[0].endpoints[0].to_string(), "127.0.0.1:8080");
+}
