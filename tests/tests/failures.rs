@@ -34,8 +34,17 @@ async fn refused_upstream_is_503_upstream_connect_failed() {
     assert_eq!(line["status"], 503);
     assert_eq!(line["endpoint"], serde_json::Value::Null, "no endpoint answered");
     assert_eq!(line["attempts"][0]["endpoint"], nowhere.to_string());
-    assert_eq!(line["attempts"][0]["connection"], "fresh");
-    assert!(line["cause"].as_str().unwrap().contains("refused"), "{line}");
+    assert!(
+        line["attempts"][0].get("connection").is_none(),
+        "no connection was made: {line}"
+    );
+    let cause = line["cause"].as_str().unwrap();
+    let expected = format!("attempt 1 to {nowhere} (no connection) failed after ");
+    assert!(cause.starts_with(&expected), "{cause}");
+    assert!(
+        cause.contains(": upstream_connect_failed (the connection was refused"),
+        "{cause}"
+    );
     let labels = [
         "error_type=\"upstream_connect_failed\"",
         "error_class=\"upstream\"",
@@ -78,6 +87,12 @@ async fn hanging_upstream_is_504_upstream_timeout_at_the_route_timeout() {
     let line = proxy.access_log(reply.header("x-request-id")).await;
     assert_eq!(line["code"], "upstream_timeout");
     assert!(line["duration_ms"].as_f64().unwrap() >= 300.0, "{line}");
+    let cause = line["cause"].as_str().unwrap();
+    assert!(
+        cause.starts_with(&format!("attempt 1 to {} had no response head after 3", up.addr())),
+        "{cause}"
+    );
+    assert!(cause.ends_with("(route timeout)"), "{cause}");
     assert_eq!(
         proxy
             .metric(
@@ -110,6 +125,14 @@ async fn upstream_reset_before_a_response_is_502_upstream_reset() {
     let line = proxy.access_log(reply.header("x-request-id")).await;
     assert_eq!(line["code"], "upstream_reset");
     assert_eq!(line["attempts"][0]["code"], "upstream_reset");
+    assert_eq!(line["attempts"][0]["connection"], "fresh");
+    assert!(
+        line["cause"]
+            .as_str()
+            .unwrap()
+            .contains("(fresh connection) failed after"),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! gRPC end to end with real tonic peers: client -> outrigger -> server, and the proxy's
 //! own errors as gRPC statuses.
 
-use outrigger_testkit::{GrpcUpstream, refused_addr};
+use outrigger_testkit::{EchoClient, EchoRequest, EchoUpstream, GrpcUpstream, refused_addr};
 use outrigger_tests::*;
 use tokio_stream_shim::next;
 use tonic::Code;
@@ -109,4 +109,68 @@ async fn proxy_errors_reach_grpc_clients_as_statuses() {
         .expect_err("no route");
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     assert!(err.metadata().get("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn echo_unary_server_streaming_and_bidi_streaming_pass_intact() {
+    let server = EchoUpstream::start().await;
+    let proxy = Outrigger::start(&grpc_config(server.addr(), "auto"));
+    let mut c = EchoClient::connect(proxy.url("")).await.expect("connect");
+
+    let big = "x".repeat(1 << 20);
+    let reply = c
+        .unary(EchoRequest {
+            message: big.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("unary");
+    assert_eq!(reply.get_ref().message, big, "a 1 MiB message arrives intact");
+
+    let err = c
+        .unary(EchoRequest {
+            message: "card declined".into(),
+            fail_code: Code::PermissionDenied as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("requested failure");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.message(), "card declined");
+
+    let mut replies = c
+        .server_stream(EchoRequest {
+            message: "tick".into(),
+            repeat: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0;
+    while let Some(r) = next(&mut replies).await {
+        assert_eq!(r.message, format!("tick #{n}"));
+        n += 1;
+    }
+    assert_eq!(n, 100);
+
+    // Ping-pong: each request is sent only after the previous reply arrived, which only
+    // works if the proxy streams both directions instead of buffering either.
+    let (tx, rx) = tokio::sync::mpsc::channel::<EchoRequest>(1);
+    let requests = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut replies = c.bidi(requests).await.expect("bidi").into_inner();
+    for i in 0..20 {
+        tx.send(EchoRequest {
+            message: format!("ping {i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(next(&mut replies).await.expect("pong").message, format!("ping {i}"));
+    }
+    drop(tx);
+    assert!(
+        next(&mut replies).await.is_none(),
+        "the stream ends when the client ends it"
+    );
 }

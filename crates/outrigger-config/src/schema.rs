@@ -362,10 +362,13 @@ impl HostMatch {
             return false;
         }
         match self.host.strip_prefix("*.") {
+            // Compared as bytes: a host from the wire may hold any byte, and slicing a str
+            // at a non-character boundary would panic.
             Some(suffix) => {
-                host.len() > suffix.len() + 1
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                let (h, s) = (host.as_bytes(), suffix.as_bytes());
+                h.len() > s.len() + 1
+                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                    && h[h.len() - s.len() - 1] == b'.'
             }
             None => host.eq_ignore_ascii_case(&self.host),
         }
@@ -668,5 +671,31 @@ impl Default for RateLimit {
             per_second: 50.0,
             burst: 200,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostMatch;
+
+    #[test]
+    fn host_patterns_match_case_insensitively_and_never_panic() {
+        let exact = HostMatch {
+            host: "api.example.com".into(),
+            port: None,
+        };
+        assert!(exact.matches("API.Example.com", Some(80)));
+        assert!(!exact.matches("x.api.example.com", None));
+        let wild = HostMatch {
+            host: "*.example.com".into(),
+            port: Some(8080),
+        };
+        assert!(wild.matches("a.EXAMPLE.com", Some(8080)));
+        assert!(!wild.matches("a.example.com", Some(80)));
+        assert!(!wild.matches("example.com", Some(8080)));
+        assert!(!wild.matches(".example.com", Some(8080)));
+        assert!(!wild.matches("aexample.com", Some(8080)));
+        assert!(!wild.matches("é.example.cöm", Some(8080)));
+        assert!(!wild.matches("ö", Some(8080)));
     }
 }

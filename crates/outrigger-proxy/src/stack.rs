@@ -31,6 +31,7 @@ use outrigger_telemetry::{Level, Metrics};
 use crate::body::{ProxyBody, RequestBody, ResponseBody};
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
 use crate::headers::{self, X_REQUEST_ID};
+use crate::pool::{ConnInfo, EndpointPool};
 use crate::router::{RouteQuery, Router, split_authority};
 use crate::upstream::UpstreamRt;
 
@@ -209,52 +210,53 @@ impl Shared {
 
         // --- forward ---
         let upstream = &route.upstream;
+        let Some(endpoint) = upstream.pick().cloned() else {
+            return self.fail(done, self.located(ErrorKind::Internal, &route), grpc);
+        };
         let http2 = upstream.uses_http2(grpc, upgrading);
         let attempt_start = Instant::now();
-        let outcome = tokio::time::timeout(route.timeout, upstream.send(upstream_req, http2)).await;
-        let attempt_time = attempt_start.elapsed();
-        done.upstream_time = Some(attempt_time);
+        let outcome = tokio::time::timeout(route.timeout, UpstreamRt::send_to(&endpoint, upstream_req, http2)).await;
+        let took = attempt_start.elapsed();
+        done.upstream_time = Some(took);
 
         // --- respond ---
         let attempt = match outcome {
             Err(_elapsed) => {
-                done.attempt(
-                    None,
-                    false,
-                    Duration::ZERO,
-                    attempt_time,
-                    None,
-                    Some("upstream_timeout"),
-                );
-                let err = self.located(ErrorKind::UpstreamTimeout { after: route.timeout }, &route, None);
+                done.attempt(Attempt {
+                    endpoint,
+                    conn: None,
+                    took,
+                    outcome: AttemptOutcome::TimedOut,
+                });
+                let err = self.located(ErrorKind::UpstreamTimeout { after: route.timeout }, &route);
                 return self.fail(done, err, grpc);
             }
             Ok(Err(failure)) => {
-                let code_err = ProxyError::new(failure.kind.clone());
-                let (reused, idle) = failure.conn.map_or((false, Duration::ZERO), |c| (c.reused, c.idle_for));
-                done.attempt(
-                    Some(&failure.endpoint),
-                    reused,
-                    idle,
-                    attempt_time,
-                    None,
-                    Some(code_err.code()),
-                );
-                let err = self.located(failure.kind, &route, Some(failure.endpoint));
+                let mut err = self.located(failure.kind, &route);
+                err.endpoint = Some(endpoint.label().to_owned());
+                let why = match &err.kind {
+                    ErrorKind::UpstreamConnectFailed { reason } => Some(reason.clone()),
+                    _ => None,
+                };
+                let outcome = AttemptOutcome::Failed(err.code(), why);
+                done.attempt(Attempt {
+                    endpoint,
+                    conn: failure.conn,
+                    took,
+                    outcome,
+                });
                 return self.fail(done, err, grpc);
             }
             Ok(Ok(attempt)) => attempt,
         };
         let status = attempt.response.status();
-        done.attempt(
-            Some(&attempt.endpoint),
-            attempt.conn.reused,
-            attempt.conn.idle_for,
-            attempt_time,
-            Some(status.as_u16()),
-            None,
-        );
-        done.endpoint = Some(attempt.endpoint);
+        let outcome = AttemptOutcome::Status(status.as_u16());
+        done.attempt(Attempt {
+            endpoint,
+            conn: Some(attempt.conn),
+            took,
+            outcome,
+        });
         let mut response = attempt.response;
         if let Some(client_upgrade) = client_upgrade.filter(|_| status == http::StatusCode::SWITCHING_PROTOCOLS) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -272,12 +274,12 @@ impl Shared {
         Response::from_parts(parts, ResponseBody::new(ProxyBody::Upstream(body), Some(done)))
     }
 
-    fn located(&self, kind: ErrorKind, route: &RouteRt, endpoint: Option<String>) -> ProxyError {
+    fn located(&self, kind: ErrorKind, route: &RouteRt) -> ProxyError {
         ProxyError {
             kind,
             route: Some(route.name.to_string()),
             upstream: Some(route.upstream.name.to_string()),
-            endpoint,
+            endpoint: None,
         }
     }
 
@@ -312,6 +314,72 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// One try at the upstream, as the access log and metrics tell it.
+pub(crate) struct Attempt {
+    endpoint: Arc<EndpointPool>,
+    conn: Option<ConnInfo>,
+    took: Duration,
+    outcome: AttemptOutcome,
+}
+
+enum AttemptOutcome {
+    /// A response head with this status.
+    Status(u16),
+    /// Failed with this error code, and the transport's reason when there is one.
+    Failed(&'static str, Option<String>),
+    /// The route timeout expired while waiting.
+    TimedOut,
+}
+
+impl Attempt {
+    fn code(&self) -> &'static str {
+        match self.outcome {
+            AttemptOutcome::Status(_) => "",
+            AttemptOutcome::Failed(code, _) => code,
+            AttemptOutcome::TimedOut => "upstream_timeout",
+        }
+    }
+
+    /// "attempt 1 to 10.0.0.7:8080 (connection reused after 3.9s idle) failed after 2ms: upstream_reset"
+    fn describe(&self, n: usize) -> String {
+        let via = match self.conn {
+            Some(c) if c.reused => format!("connection reused after {} idle", humanize_ms(c.idle_for)),
+            Some(_) => "fresh connection".to_owned(),
+            None => "no connection".to_owned(),
+        };
+        let ep = self.endpoint.label();
+        let took = humanize_ms(self.took);
+        match self.outcome {
+            AttemptOutcome::Status(s) => format!("attempt {n} to {ep} ({via}) answered {s} after {took}"),
+            AttemptOutcome::Failed(code, None) => format!("attempt {n} to {ep} ({via}) failed after {took}: {code}"),
+            AttemptOutcome::Failed(code, Some(ref why)) => {
+                format!("attempt {n} to {ep} ({via}) failed after {took}: {code} ({why})")
+            }
+            AttemptOutcome::TimedOut => {
+                format!("attempt {n} to {ep} had no response head after {took} (route timeout)")
+            }
+        }
+    }
+
+    fn to_json(&self, n: usize) -> Value {
+        let mut a = Map::with_capacity(7);
+        a.insert("n".into(), n.into());
+        a.insert("endpoint".into(), self.endpoint.label().into());
+        if let Some(c) = self.conn {
+            a.insert("connection".into(), if c.reused { "reused" } else { "fresh" }.into());
+            if c.reused {
+                a.insert("idle_ms".into(), ms(c.idle_for).into());
+            }
+        }
+        a.insert("duration_ms".into(), ms(self.took).into());
+        match self.outcome {
+            AttemptOutcome::Status(s) => a.insert("status".into(), s.into()),
+            _ => a.insert("code".into(), self.code().into()),
+        };
+        Value::Object(a)
+    }
+}
+
 /// The record of one request, finished (metrics observed, access line written) exactly once:
 /// when the response body is done, or when the request is abandoned.
 pub struct Completion {
@@ -324,9 +392,8 @@ pub struct Completion {
     route: Option<Arc<RouteRt>>,
     status: Option<u16>,
     error: Option<ProxyError>,
-    endpoint: Option<String>,
     upstream_time: Option<Duration>,
-    attempts: Vec<Value>,
+    attempts: Vec<Attempt>,
     body_error: Option<String>,
     client_gone: bool,
     conn_active: Arc<AtomicUsize>,
@@ -350,7 +417,6 @@ impl Completion {
             route: None,
             status: None,
             error: None,
-            endpoint: None,
             upstream_time: None,
             attempts: Vec::new(),
             body_error: None,
@@ -364,45 +430,24 @@ impl Completion {
         self.route = Some(route);
     }
 
-    fn attempt(
-        &mut self,
-        endpoint: Option<&str>,
-        reused: bool,
-        idle: Duration,
-        took: Duration,
-        status: Option<u16>,
-        code: Option<&str>,
-    ) {
-        let mut a = Map::new();
-        a.insert("n".into(), (self.attempts.len() + 1).into());
-        if let Some(e) = endpoint {
-            a.insert("endpoint".into(), e.into());
-            a.insert("connection".into(), if reused { "reused" } else { "fresh" }.into());
-            if reused {
-                a.insert("idle_ms".into(), (idle.as_millis() as u64).into());
-            }
-        }
-        a.insert("duration_ms".into(), ms(took).into());
-        if let Some(s) = status {
-            a.insert("status".into(), s.into());
-        }
-        if let Some(c) = code {
-            a.insert("code".into(), c.into());
-        }
+    fn attempt(&mut self, attempt: Attempt) {
         if let Some(route) = &self.route {
-            let status_label = status.map(|s| s.to_string()).unwrap_or_default();
+            let status = match attempt.outcome {
+                AttemptOutcome::Status(s) => s.to_string(),
+                _ => String::new(),
+            };
             self.shared
                 .metrics
                 .client_duration
                 .with_label_values(&[
                     &route.upstream.name,
                     method_label(&self.method),
-                    &status_label,
-                    code.unwrap_or(""),
+                    &status,
+                    attempt.code(),
                 ])
-                .observe(took.as_secs_f64());
+                .observe(attempt.took.as_secs_f64());
         }
-        self.attempts.push(Value::Object(a));
+        self.attempts.push(attempt);
     }
 
     /// The response body was delivered (or broke off with `error`).
@@ -417,10 +462,33 @@ impl Completion {
         self.client_gone = true;
     }
 
+    /// The why, as one sentence: every attempt, then what happened to the body.
+    fn cause(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| a.describe(i + 1))
+            .collect();
+        if let Some(e) = &self.body_error {
+            parts.push(e.clone());
+        }
+        if self.status.is_none() {
+            parts.push("the client closed the connection before a response was ready".to_owned());
+        } else if self.client_gone {
+            parts.push("the client closed the connection before the response body was complete".to_owned());
+        }
+        let failed = self.error.is_some() || self.body_error.is_some() || self.client_gone || self.status.is_none();
+        match (failed, parts.is_empty()) {
+            (false, _) => None,
+            (true, false) => Some(parts.join("; ")),
+            (true, true) => self.error.as_ref().map(ProxyError::detail),
+        }
+    }
+
     fn record(&mut self) {
         let duration = self.start.elapsed();
         let route_name = self.route.as_ref().map_or("", |r| &*r.name);
-        let upstream_name = self.route.as_ref().map(|r| r.upstream.name.clone());
         let (code, class): (Option<&str>, Option<&str>) = match (&self.error, self.status) {
             (Some(e), _) => (Some(e.code()), Some(e.class().as_str())),
             (None, None) => (Some("client_cancelled"), Some(ErrorClass::Client.as_str())),
@@ -443,46 +511,38 @@ impl Completion {
             return;
         }
         let path = self.uri.path();
-        let (level, msg, cause) = match (&self.error, self.status, &self.body_error) {
-            (Some(e), _, _) => {
+        let method = &self.method;
+        let (level, msg) = match (&self.error, self.status) {
+            (Some(e), _) => {
                 let level = match e.class() {
                     ErrorClass::Client => Level::INFO,
                     ErrorClass::Upstream => Level::WARN,
                     ErrorClass::Proxy => Level::ERROR,
                 };
-                (level, e.detail(), Some(e.detail()))
+                (level, e.detail())
             }
-            (None, None, _) => (
+            (None, None) => (
                 Level::INFO,
                 format!(
-                    "The client went away after {} before a response was ready.",
+                    "{method} {path}: the client went away after {} before a response was ready.",
                     humanize_ms(duration)
                 ),
-                Some("client closed the connection while waiting for the upstream".to_owned()),
             ),
-            (None, Some(_), Some(body_error)) => (
+            (None, Some(s)) if self.body_error.is_some() => (
                 Level::WARN,
-                format!("{} {path}: {body_error}.", self.method),
-                Some(body_error.clone()),
+                format!("{method} {path} answered {s}, but the upstream's response body broke off mid-stream."),
             ),
-            (None, Some(s), None) if self.client_gone => (
+            (None, Some(s)) if self.client_gone => (
                 Level::INFO,
-                format!(
-                    "{} {path} answered {s}, but the client went away before the response body was complete.",
-                    self.method
-                ),
-                Some("client closed the connection during the response body".to_owned()),
+                format!("{method} {path} answered {s}, but the client went away before the body was complete."),
             ),
-            (None, Some(s), None) => (
-                Level::INFO,
-                format!(
-                    "{} {path} answered {s} by {} in {}.",
-                    self.method,
-                    upstream_name.as_deref().unwrap_or("-"),
-                    humanize_ms(duration)
-                ),
-                None,
-            ),
+            (None, Some(s)) => {
+                let by = self.route.as_ref().map_or("-", |r| &*r.upstream.name);
+                (
+                    Level::INFO,
+                    format!("{method} {path} answered {s} by {by} in {}.", humanize_ms(duration)),
+                )
+            }
         };
         let mut f = Map::with_capacity(16);
         f.insert("request_id".into(), self.request_id.to_str().unwrap_or("").into());
@@ -490,10 +550,14 @@ impl Completion {
             f.insert("route".into(), (&*r.name).into());
             f.insert("upstream".into(), (&*r.upstream.name).into());
         }
-        if let Some(e) = &self.endpoint {
-            f.insert("endpoint".into(), e.as_str().into());
+        if let Some(a) = self
+            .attempts
+            .last()
+            .filter(|a| matches!(a.outcome, AttemptOutcome::Status(_)))
+        {
+            f.insert("endpoint".into(), a.endpoint.label().into());
         }
-        f.insert("method".into(), self.method.as_str().into());
+        f.insert("method".into(), method.as_str().into());
         f.insert("path".into(), path.into());
         f.insert("protocol".into(), version_label(self.version).into());
         f.insert("status".into(), self.status.map_or(Value::Null, Value::from));
@@ -508,9 +572,15 @@ impl Completion {
             f.insert("upstream_ms".into(), ms(u).into());
         }
         if !self.attempts.is_empty() {
-            f.insert("attempts".into(), Value::Array(std::mem::take(&mut self.attempts)));
+            let attempts = self
+                .attempts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| a.to_json(i + 1))
+                .collect();
+            f.insert("attempts".into(), Value::Array(attempts));
         }
-        if let Some(c) = cause {
+        if let Some(c) = self.cause() {
             f.insert("cause".into(), c.into());
         }
         outrigger_telemetry::logging::write_line(level, "access", &msg, f);

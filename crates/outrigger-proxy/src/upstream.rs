@@ -25,8 +25,6 @@ pub struct UpstreamRt {
 pub struct AttemptFailure {
     /// What went wrong, as an error code.
     pub kind: ErrorKind,
-    /// The endpoint tried.
-    pub endpoint: String,
     /// The connection used, when one was established.
     pub conn: Option<ConnInfo>,
 }
@@ -35,8 +33,6 @@ pub struct AttemptFailure {
 pub struct AttemptResponse {
     /// The response, body still streaming.
     pub response: Response<UpstreamBody>,
-    /// The endpoint that answered.
-    pub endpoint: String,
     /// The connection used.
     pub conn: ConnInfo,
 }
@@ -72,17 +68,19 @@ impl UpstreamRt {
             }
     }
 
-    /// Sends one attempt to the next endpoint in turn. `req` must carry an origin-form URI
-    /// and the client's `Host`; the HTTP/2 form (`:authority`) is derived here.
-    pub async fn send(&self, mut req: Request<RequestBody>, http2: bool) -> Result<AttemptResponse, AttemptFailure> {
+    /// The next endpoint in turn (round robin).
+    pub fn pick(&self) -> Option<&Arc<EndpointPool>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len().max(1);
-        let Some(pool) = self.endpoints.get(i) else {
-            return Err(AttemptFailure {
-                kind: ErrorKind::Internal,
-                endpoint: String::new(),
-                conn: None,
-            });
-        };
+        self.endpoints.get(i)
+    }
+
+    /// Sends one attempt to `pool`. `req` must carry an origin-form URI and the client's
+    /// `Host`; the HTTP/2 form (`:authority`) is derived here.
+    pub async fn send_to(
+        pool: &Arc<EndpointPool>,
+        mut req: Request<RequestBody>,
+        http2: bool,
+    ) -> Result<AttemptResponse, AttemptFailure> {
         let result = if http2 {
             *req.version_mut() = Version::HTTP_2;
             let authority = req
@@ -99,11 +97,9 @@ impl UpstreamRt {
             {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => {
+                    let reason = "the Host header is not a valid authority";
                     return Err(AttemptFailure {
-                        kind: ErrorKind::BadRequest {
-                            reason: "the Host header is not a valid authority",
-                        },
-                        endpoint: pool.label().to_owned(),
+                        kind: ErrorKind::BadRequest { reason },
                         conn: None,
                     });
                 }
@@ -114,17 +110,13 @@ impl UpstreamRt {
             pool.send_http1(req).await
         };
         match result {
-            Ok((response, conn)) => Ok(AttemptResponse {
-                response,
-                endpoint: pool.label().to_owned(),
-                conn,
-            }),
-            Err(e) => Err(classify(e, pool.label())),
+            Ok((response, conn)) => Ok(AttemptResponse { response, conn }),
+            Err(e) => Err(classify(e)),
         }
     }
 }
 
-fn classify(e: SendError, endpoint: &str) -> AttemptFailure {
+fn classify(e: SendError) -> AttemptFailure {
     let (kind, conn) = match e {
         SendError::Connect(c) => (ErrorKind::UpstreamConnectFailed { reason: c.reason() }, None),
         SendError::Request(e, info) => {
@@ -141,9 +133,5 @@ fn classify(e: SendError, endpoint: &str) -> AttemptFailure {
             (kind, Some(info))
         }
     };
-    AttemptFailure {
-        kind,
-        endpoint: endpoint.to_owned(),
-        conn,
-    }
+    AttemptFailure { kind, conn }
 }

@@ -13,6 +13,7 @@
 //! Every server binds 127.0.0.1 port 0 and speaks HTTP/1.1 and HTTP/2 (h2c prior knowledge)
 //! on the same port. Modes switch at run time and apply to the next connection or request.
 
+mod echo;
 mod grpc;
 mod paths;
 
@@ -27,6 +28,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub use echo::{EchoClient, EchoReply, EchoRequest, EchoService, EchoUpstream};
 pub use grpc::GrpcUpstream;
 
 /// How the upstream behaves.
