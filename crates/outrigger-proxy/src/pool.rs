@@ -203,46 +203,79 @@ impl EndpointPool {
     /// Sends one request over this endpoint's HTTP/2 connection, connecting if needed.
     pub async fn send_http2(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
-        let existing = self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned();
-        let (mut sender, info) = match existing {
-            Some(s) => (
-                s,
-                ConnInfo {
-                    reused: true,
-                    idle_for: Duration::ZERO,
-                },
-            ),
-            None => {
-                let io = TokioIo::new(self.connect_tcp().await.map_err(SendError::Connect)?);
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
-                let label = self.label.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended with an error");
-                    }
-                });
-                *self.lock_h2() = Some(sender.clone());
-                (
-                    sender,
+        // At most two passes: the shared connection, then (if it turned out dead) a fresh one.
+        let mut fresh_only = false;
+        loop {
+            let existing = if fresh_only {
+                None
+            } else {
+                self.lock_h2().as_ref().filter(|s| !s.is_closed()).cloned()
+            };
+            let (mut sender, info) = match existing {
+                Some(s) => (
+                    s,
+                    ConnInfo {
+                        reused: true,
+                        idle_for: Duration::ZERO,
+                    },
+                ),
+                None => (
+                    self.connect_http2().await?,
                     ConnInfo {
                         reused: false,
                         idle_for: Duration::ZERO,
                     },
-                )
+                ),
+            };
+            if let Err(e) = sender.ready().await {
+                if info.reused {
+                    // The shared connection died (GOAWAY, reset) since it was last used.
+                    self.forget_h2();
+                    fresh_only = true;
+                    continue;
+                }
+                return Err(SendError::Request(e, info));
             }
-        };
-        sender.ready().await.map_err(|e| SendError::Request(e, info))?;
-        let resp = sender
-            .send_request(req)
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp.map(|b| UpstreamBody::new(b, None)), info)),
+                Err(mut e) => match e.take_message() {
+                    // Not sent: the connection closed under us. Safe to send on a new one.
+                    Some(unsent) if info.reused => {
+                        self.forget_h2();
+                        fresh_only = true;
+                        req = unsent;
+                    }
+                    _ => return Err(SendError::Request(e.into_error(), info)),
+                },
+            }
+        }
+    }
+
+    async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
+        let io = TokioIo::new(self.connect_tcp().await.map_err(SendError::Connect)?);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
             .await
-            .map_err(|e| SendError::Request(e, info))?;
-        Ok((resp.map(|b| UpstreamBody::new(b, None)), info))
+            .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
+        let label = self.label.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        *self.lock_h2() = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Drops the shared HTTP/2 connection if it has closed, so the next request connects anew.
+    fn forget_h2(&self) {
+        let mut slot = self.lock_h2();
+        if slot.as_ref().is_some_and(http2::SendRequest::is_closed) {
+            *slot = None;
+        }
     }
 
     fn lock_h2(&self) -> std::sync::MutexGuard<'_, Option<http2::SendRequest<RequestBody>>> {
