@@ -500,6 +500,7 @@ fn circuit_breaker(cx: &mut Cx, n: &Node, p: &str) -> Option<CircuitBreaker> {
             "half_open_probes",
             "slow_call",
             "max_in_flight",
+            "trip_on_5xx",
         ],
     );
     let d = CircuitBreaker::default();
@@ -526,6 +527,7 @@ fn circuit_breaker(cx: &mut Cx, n: &Node, p: &str) -> Option<CircuitBreaker> {
             })
         }),
         max_in_flight: f.or(cx, "max_in_flight", d.max_in_flight, int_in(1, 10_000_000, "")),
+        trip_on_5xx: f.or(cx, "trip_on_5xx", d.trip_on_5xx, boolean),
     };
     if cb.max_open_for < cb.open_for {
         let pos = f.node("max_open_for").map_or(n.pos, |x| x.pos);

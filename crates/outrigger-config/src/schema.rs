@@ -256,6 +256,9 @@ pub struct CircuitBreaker {
     pub slow_call: Option<SlowCall>,
     /// Concurrency limit: fail fast beyond this many calls in flight.
     pub max_in_flight: u32,
+    /// Count upstream 5xx answers as failures (connect failures, resets and timeouts always
+    /// count; 4xx never do).
+    pub trip_on_5xx: bool,
 }
 
 impl Default for CircuitBreaker {
@@ -270,6 +273,7 @@ impl Default for CircuitBreaker {
             half_open_probes: 3,
             slow_call: None,
             max_in_flight: 1024,
+            trip_on_5xx: true,
         }
     }
 }

@@ -6,20 +6,43 @@
 //! the access log line and metrics when the last frame has been handed to the client, or
 //! when the client goes away first.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::pool::UpstreamBody;
-use crate::stack::Completion;
+use crate::record::Completion;
+use crate::replay::ReplayBody;
+
+/// The error a response body ends with: the upstream's, or a deadline passed mid-stream.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The gRPC deadline passed while the response was streaming.
+#[derive(Debug)]
+pub struct DeadlineExceeded(pub std::time::Duration);
+
+impl std::fmt::Display for DeadlineExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the deadline of {} passed while the response was streaming",
+            outrigger_resilience::humanize(self.0)
+        )
+    }
+}
+
+impl std::error::Error for DeadlineExceeded {}
 
 /// A request body on its way to the upstream.
 pub enum RequestBody {
-    /// The client's body, streamed as it arrives.
+    /// The client's body, streamed as it arrives (sent once).
     Incoming(Incoming),
+    /// The client's body, kept for a replay while it fits the replay buffer.
+    Replay(ReplayBody),
     /// No body.
     Empty,
 }
@@ -31,6 +54,7 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -38,6 +62,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Replay(b) => b.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
@@ -45,6 +70,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Replay(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -72,18 +98,31 @@ impl ProxyBody {
     }
 }
 
-/// A response body on its way to the client, with the request's completion record.
+/// A response body on its way to the client, with the request's completion record and,
+/// for gRPC calls with a deadline, the time the stream must end by.
 pub struct ResponseBody {
     body: ProxyBody,
     completion: Option<Completion>,
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
 }
 
 impl ResponseBody {
     pub(crate) fn new(body: ProxyBody, completion: Option<Completion>) -> Self {
-        ResponseBody { body, completion }
+        ResponseBody {
+            body,
+            completion,
+            deadline: None,
+        }
     }
 
-    fn finish(&mut self, error: Option<&hyper::Error>) {
+    /// Ends the stream with an error (HTTP/2 RST_STREAM, or a closed HTTP/1 connection) if it
+    /// is still going at `at`; `budget` is the deadline's length, for the log.
+    pub(crate) fn with_deadline(mut self, at: tokio::time::Instant, budget: std::time::Duration) -> Self {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), budget));
+        self
+    }
+
+    fn finish(&mut self, error: Option<(&'static str, String)>) {
         if let Some(mut c) = self.completion.take() {
             c.body_finished(error);
         }
@@ -92,18 +131,33 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.body {
             ProxyBody::Empty => None,
             ProxyBody::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            ProxyBody::Upstream(b) => ready!(Pin::new(b).poll_frame(cx)),
+            ProxyBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(frame) => frame.map(|f| f.map_err(BoxError::from)),
+                Poll::Pending => {
+                    if let Some((sleep, budget)) = this.deadline.as_mut()
+                        && sleep.as_mut().poll(cx).is_ready()
+                    {
+                        let e = DeadlineExceeded(*budget);
+                        this.finish(Some(("upstream_timeout", e.to_string())));
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    return Poll::Pending;
+                }
+            },
         };
         match &polled {
             None => this.finish(None),
-            Some(Err(e)) => this.finish(Some(e)),
+            Some(Err(e)) => this.finish(Some((
+                "upstream_reset",
+                format!("the response body from upstream broke off mid-stream ({e})"),
+            ))),
             Some(Ok(_)) if this.body.is_end_stream() => this.finish(None),
             Some(Ok(_)) => {}
         }

@@ -65,6 +65,33 @@ pub enum ErrorKind {
         /// The timeout that expired.
         after: Duration,
     },
+    /// The upstream's circuit breaker is open (or half-open with every probe slot taken).
+    CircuitOpen {
+        /// Time until calls are let through again.
+        retry_after: Duration,
+        /// Why it opened, as logged at the transition.
+        why: Option<String>,
+    },
+    /// The upstream's concurrency limit (`circuit_breaker.max_in_flight`) is reached.
+    CircuitSaturated {
+        /// The limit.
+        limit: u32,
+    },
+    /// Every endpoint is ejected, or no endpoint address is known.
+    NoHealthyEndpoints {
+        /// Endpoints known (0: none resolved).
+        known: usize,
+    },
+    /// The listener's `max_in_flight` is reached: load shed.
+    Overloaded {
+        /// The limit.
+        limit: usize,
+    },
+    /// A configured fault rehearsal answered instead of the upstream.
+    FaultInjected {
+        /// The status configured or asked for.
+        status: u16,
+    },
     /// A bug in outrigger.
     Internal,
 }
@@ -103,6 +130,10 @@ impl ProxyError {
             ErrorKind::UpstreamReset => "upstream_reset",
             ErrorKind::UpstreamProtocolError => "upstream_protocol_error",
             ErrorKind::UpstreamTimeout { .. } => "upstream_timeout",
+            ErrorKind::CircuitOpen { .. } | ErrorKind::CircuitSaturated { .. } => "circuit_open",
+            ErrorKind::NoHealthyEndpoints { .. } => "no_healthy_endpoints",
+            ErrorKind::Overloaded { .. } => "overloaded",
+            ErrorKind::FaultInjected { .. } => "fault_injected",
             ErrorKind::Internal => "internal",
         }
     }
@@ -116,6 +147,13 @@ impl ProxyError {
             ErrorKind::UpstreamConnectFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::CircuitOpen { .. }
+            | ErrorKind::CircuitSaturated { .. }
+            | ErrorKind::NoHealthyEndpoints { .. }
+            | ErrorKind::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::FaultInjected { status } => {
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -131,8 +169,14 @@ impl ProxyError {
             ErrorKind::BadRequest { .. } | ErrorKind::UpstreamProtocolError | ErrorKind::Internal => INTERNAL,
             ErrorKind::RouteNotFound => UNIMPLEMENTED,
             ErrorKind::HeaderTooLarge { .. } => RESOURCE_EXHAUSTED,
-            ErrorKind::UpstreamConnectFailed { .. } | ErrorKind::UpstreamReset => UNAVAILABLE,
+            ErrorKind::UpstreamConnectFailed { .. }
+            | ErrorKind::UpstreamReset
+            | ErrorKind::CircuitOpen { .. }
+            | ErrorKind::CircuitSaturated { .. }
+            | ErrorKind::NoHealthyEndpoints { .. }
+            | ErrorKind::Overloaded { .. } => UNAVAILABLE,
             ErrorKind::UpstreamTimeout { .. } => DEADLINE_EXCEEDED,
+            ErrorKind::FaultInjected { status } => grpc_status_for_http(status),
         }
     }
 
@@ -145,21 +189,29 @@ impl ProxyError {
             ErrorKind::UpstreamConnectFailed { .. }
             | ErrorKind::UpstreamReset
             | ErrorKind::UpstreamProtocolError
-            | ErrorKind::UpstreamTimeout { .. } => ErrorClass::Upstream,
-            ErrorKind::Internal => ErrorClass::Proxy,
+            | ErrorKind::UpstreamTimeout { .. }
+            | ErrorKind::CircuitOpen { .. }
+            | ErrorKind::CircuitSaturated { .. }
+            | ErrorKind::NoHealthyEndpoints { .. } => ErrorClass::Upstream,
+            ErrorKind::Overloaded { .. } | ErrorKind::FaultInjected { .. } | ErrorKind::Internal => ErrorClass::Proxy,
         }
     }
 
     /// Whether the same request may succeed if sent again.
     pub fn retryable(&self) -> bool {
         match self.kind {
-            ErrorKind::UpstreamConnectFailed { .. } | ErrorKind::UpstreamReset | ErrorKind::UpstreamTimeout { .. } => {
-                true
-            }
+            ErrorKind::UpstreamConnectFailed { .. }
+            | ErrorKind::UpstreamReset
+            | ErrorKind::UpstreamTimeout { .. }
+            | ErrorKind::CircuitOpen { .. }
+            | ErrorKind::CircuitSaturated { .. }
+            | ErrorKind::NoHealthyEndpoints { .. }
+            | ErrorKind::Overloaded { .. } => true,
             ErrorKind::BadRequest { .. }
             | ErrorKind::RouteNotFound
             | ErrorKind::HeaderTooLarge { .. }
             | ErrorKind::UpstreamProtocolError
+            | ErrorKind::FaultInjected { .. }
             | ErrorKind::Internal => false,
         }
     }
@@ -174,6 +226,10 @@ impl ProxyError {
             ErrorKind::UpstreamReset => "Upstream closed the connection",
             ErrorKind::UpstreamProtocolError => "Upstream sent an invalid response",
             ErrorKind::UpstreamTimeout { .. } => "Upstream timed out",
+            ErrorKind::CircuitOpen { .. } | ErrorKind::CircuitSaturated { .. } => "Circuit breaker open",
+            ErrorKind::NoHealthyEndpoints { .. } => "No healthy upstream endpoints",
+            ErrorKind::Overloaded { .. } => "Proxy overloaded",
+            ErrorKind::FaultInjected { .. } => "Fault injected",
             ErrorKind::Internal => "Internal proxy error",
         }
     }
@@ -222,6 +278,37 @@ impl ProxyError {
                     humanize(*after)
                 )
             }
+            ErrorKind::CircuitOpen { retry_after, why } => {
+                let why = why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+                format!(
+                    "The circuit breaker for '{}' is open{why}: failing fast without calling it; retry in {}.",
+                    self.upstream_name(),
+                    humanize(*retry_after)
+                )
+            }
+            ErrorKind::CircuitSaturated { limit } => format!(
+                "'{}' already has {limit} requests in flight (circuit_breaker.max_in_flight); failing fast instead of queueing.",
+                self.upstream_name()
+            ),
+            ErrorKind::NoHealthyEndpoints { known: 0 } => {
+                format!(
+                    "No address is known for '{}': its endpoints did not resolve.",
+                    self.upstream_name()
+                )
+            }
+            ErrorKind::NoHealthyEndpoints { known } => format!(
+                "All {known} endpoints of '{}' are ejected by outlier detection after repeated failures.",
+                self.upstream_name()
+            ),
+            ErrorKind::Overloaded { limit } => {
+                format!("outrigger is at its limit of {limit} requests in flight on this listener; shedding load.")
+            }
+            ErrorKind::FaultInjected { status } => {
+                format!(
+                    "A configured fault rehearsal answered {status} instead of '{}'.",
+                    self.upstream_name()
+                )
+            }
             ErrorKind::Internal => {
                 "outrigger hit an internal error while handling this request; it has been logged.".to_owned()
             }
@@ -232,23 +319,27 @@ impl ProxyError {
         self.endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default()
     }
 
-    /// Seconds the caller should wait before retrying, when known.
+    /// Seconds the caller should wait before retrying, when known (rounded up).
     pub fn retry_after(&self) -> Option<u64> {
-        None
+        match &self.kind {
+            ErrorKind::CircuitOpen { retry_after, .. } => Some(retry_after.as_millis().div_ceil(1000).max(1) as u64),
+            ErrorKind::CircuitSaturated { .. } | ErrorKind::Overloaded { .. } => Some(1),
+            _ => None,
+        }
     }
 }
 
-/// `2s`, `1.5s`, `250ms`: how a person would write the duration.
-pub fn humanize(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms == 0 {
-        format!("{}µs", d.as_micros())
-    } else if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
+pub use outrigger_resilience::humanize;
+
+/// The gRPC status for an HTTP status (grpc `doc/http-grpc-status-mapping.md`).
+pub fn grpc_status_for_http(status: u16) -> u8 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     }
 }
 
@@ -357,6 +448,14 @@ mod tests {
             ErrorKind::UpstreamTimeout {
                 after: Duration::from_secs(2),
             },
+            ErrorKind::CircuitOpen {
+                retry_after: Duration::from_millis(2100),
+                why: None,
+            },
+            ErrorKind::CircuitSaturated { limit: 10 },
+            ErrorKind::NoHealthyEndpoints { known: 3 },
+            ErrorKind::Overloaded { limit: 10 },
+            ErrorKind::FaultInjected { status: 503 },
             ErrorKind::Internal,
         ]
     }
@@ -372,6 +471,11 @@ mod tests {
             ("upstream_reset", 502, 14, "upstream", true),
             ("upstream_protocol_error", 502, 13, "upstream", false),
             ("upstream_timeout", 504, 4, "upstream", true),
+            ("circuit_open", 503, 14, "upstream", true),
+            ("circuit_open", 503, 14, "upstream", true),
+            ("no_healthy_endpoints", 503, 14, "upstream", true),
+            ("overloaded", 503, 14, "proxy", true),
+            ("fault_injected", 503, 14, "proxy", false),
             ("internal", 500, 13, "proxy", false),
         ];
         for (kind, row) in all().into_iter().zip(table) {

@@ -5,10 +5,16 @@
 //! itself reads top to bottom in [`stack`].
 
 mod admin;
+pub mod balance;
 pub mod body;
+pub mod circuit;
 pub mod error;
+pub mod fault;
 pub mod headers;
 pub mod pool;
+mod record;
+pub mod replay;
+pub mod retry;
 pub mod router;
 mod server;
 pub mod stack;
@@ -96,6 +102,24 @@ impl Proxy {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
 
+        // Resolve DNS endpoints before saying ready, then keep following them.
+        let mut refreshers = Vec::new();
+        for (u, cfg) in shared.upstreams().iter().zip(&config.upstreams) {
+            if u.endpoints.has_names() {
+                u.endpoints.resolve().await;
+                let u = u.clone();
+                let every = cfg.resolve_every;
+                refreshers.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        u.endpoints.resolve().await;
+                    }
+                }));
+            }
+        }
+
         let admin_task = tokio::spawn(admin::serve(
             admin.0,
             Arc::new(admin::AdminState {
@@ -159,6 +183,7 @@ impl Proxy {
             );
         }
         admin_task.abort();
+        refreshers.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 

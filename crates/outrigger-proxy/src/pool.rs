@@ -10,6 +10,7 @@
 //! read to the end ([`UpstreamBody`] does that); one abandoned mid-body is closed.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -42,8 +43,6 @@ pub struct PoolSettings {
 pub enum ConnectError {
     /// The connect did not finish in time.
     Timeout(Duration),
-    /// The name did not resolve.
-    Dns(io::Error),
     /// The connect failed (refused, unreachable, reset).
     Io(io::Error),
     /// The HTTP handshake failed (HTTP/2 preface rejected).
@@ -58,7 +57,6 @@ impl ConnectError {
                 "the connection was not established within {}",
                 crate::error::humanize(*d)
             ),
-            ConnectError::Dns(e) => format!("the name did not resolve ({e})"),
             ConnectError::Io(e) => match e.kind() {
                 io::ErrorKind::ConnectionRefused => {
                     "the connection was refused (nothing is listening on that port)".to_owned()
@@ -85,10 +83,9 @@ struct IdleConn {
     since: Instant,
 }
 
-/// The connections to one `host:port`.
+/// The connections to one resolved endpoint address.
 pub struct EndpointPool {
-    host: String,
-    port: u16,
+    addr: SocketAddr,
     label: String,
     settings: PoolSettings,
     idle: Mutex<Vec<IdleConn>>,
@@ -96,16 +93,15 @@ pub struct EndpointPool {
 }
 
 impl EndpointPool {
-    /// A pool for `host:port` (no connection is made yet).
-    pub fn new(host: String, port: u16, settings: PoolSettings) -> Self {
-        let label = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
+    /// A pool for `addr` (no connection is made yet). `name` is the configured host when it
+    /// was a DNS name, shown beside the address in logs.
+    pub fn new(addr: SocketAddr, name: Option<&str>, settings: PoolSettings) -> Self {
+        let label = match name {
+            Some(n) => format!("{addr} ({n})"),
+            None => addr.to_string(),
         };
         EndpointPool {
-            host,
-            port,
+            addr,
             label,
             settings,
             idle: Mutex::new(Vec::new()),
@@ -113,28 +109,21 @@ impl EndpointPool {
         }
     }
 
-    /// `host:port`, for logs and error details.
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ip:port` (and the DNS name it came from), for logs and error details.
     pub fn label(&self) -> &str {
         &self.label
     }
 
     async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
-        let connect = async {
-            let addrs = tokio::net::lookup_host((self.host.as_str(), self.port))
-                .await
-                .map_err(ConnectError::Dns)?;
-            let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
-            for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = e,
-                }
-            }
-            Err(ConnectError::Io(last))
-        };
-        let stream = tokio::time::timeout(self.settings.connect_timeout, connect)
+        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr))
             .await
-            .map_err(|_| ConnectError::Timeout(self.settings.connect_timeout))??;
+            .map_err(|_| ConnectError::Timeout(self.settings.connect_timeout))?
+            .map_err(ConnectError::Io)?;
         // Small requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -149,9 +138,10 @@ impl EndpointPool {
     pub async fn send_http1(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
+        fresh_only: bool,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
         loop {
-            let (mut sender, info) = match self.take_idle() {
+            let (mut sender, info) = match if fresh_only { None } else { self.take_idle() } {
                 Some(found) => found,
                 None => (
                     self.connect_http1().await?,
@@ -204,9 +194,9 @@ impl EndpointPool {
     pub async fn send_http2(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
+        mut fresh_only: bool,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
         // At most two passes: the shared connection, then (if it turned out dead) a fresh one.
-        let mut fresh_only = false;
         loop {
             let existing = if fresh_only {
                 None

@@ -1,39 +1,52 @@
 //! The request path, top to bottom, in the order a request meets each step.
 //!
 //! ```text
-//! context   request id (keep a sane inbound x-request-id, else a new UUID v7), start time
-//! guard     request head within the listener's limit (framing is checked by hyper)
-//! route     host / path / method / headers -> route_not_found; absolute-form needs a host rule
-//! rewrite   hop-by-hop headers out, forwarding headers in (inbound listeners), origin-form URI
-//! forward   one attempt to the upstream within the route timeout
-//! respond   the upstream's head and streaming body, or the error rendered for the caller
-//! finish    metrics and one access-log line when the body has been delivered (Completion)
+//! context    request id (keep a sane inbound x-request-id, else a new UUID v7), start time
+//! admission  the listener's max_in_flight -> 503 overloaded (no queue)
+//! guard      request head within the listener's limit (framing is checked by hyper)
+//! route      host / path / method / headers -> route_not_found; absolute-form needs a host rule
+//! fault      configured (or, if allowed, requested) delay and abort, for rehearsals
+//! deadline   route timeout, shortened by an inbound grpc-timeout
+//! rewrite    hop-by-hop headers out, forwarding headers in (inbound listeners), origin-form URI
+//! retry      attempts within the deadline, per-try timeout, backoff, budget, replay buffer
+//!   breaker    the upstream's circuit breaker and concurrency limit -> circuit_open
+//!   balance    P2C over healthy endpoints -> no_healthy_endpoints
+//!   pool       a pooled or fresh connection, HTTP/1.1 or HTTP/2
+//! fallback   the route's degraded answer for upstream-class failures
+//! respond    the upstream's head and streaming body, or the error rendered for the caller
+//! finish     metrics and one access-log line when the body has been delivered (record.rs)
 //! ```
-//!
-//! Later layers (retries, breakers, fallbacks) slot in between `route` and `respond`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, HOST, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use prometheus::IntGauge;
-use serde_json::{Map, Value};
+use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 
-use outrigger_config::{Config, Role};
-use outrigger_telemetry::{Level, Metrics};
+use outrigger_config::{Config, Fault, Role};
+use outrigger_resilience::deadline::{format_grpc_timeout, parse_grpc_timeout};
+use outrigger_telemetry::Metrics;
 
+use crate::balance::Health;
 use crate::body::{ProxyBody, RequestBody, ResponseBody};
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
+use crate::fault::{self, FAULT_HEADER};
 use crate::headers::{self, X_REQUEST_ID};
-use crate::pool::{ConnInfo, EndpointPool};
+use crate::record::{Attempt, AttemptOutcome, Completion};
+use crate::replay::ReplayBody;
+use crate::retry::{self, Decision, Reason, RetryRt};
 use crate::router::{RouteQuery, Router, split_authority};
-use crate::upstream::UpstreamRt;
+use crate::upstream::{AttemptResponse, UpstreamRt};
+
+const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// A route at run time.
 pub struct RouteRt {
@@ -41,9 +54,20 @@ pub struct RouteRt {
     pub name: Arc<str>,
     /// Where it sends traffic.
     pub upstream: Arc<UpstreamRt>,
-    /// The whole request must get its response head within this.
+    /// The whole request, retries included, must get its response head within this.
     pub timeout: Duration,
-    in_flight: IntGauge,
+    pub(crate) in_flight: IntGauge,
+    retry: RetryRt,
+    fallback: Option<FallbackRt>,
+    fault: Option<Fault>,
+    fallbacks: IntCounter,
+    faults: IntCounter,
+}
+
+struct FallbackRt {
+    status: StatusCode,
+    content_type: HeaderValue,
+    body: Bytes,
 }
 
 /// A listener's settings the request path needs.
@@ -54,15 +78,37 @@ pub struct ListenerRt {
     pub role: Role,
     /// Largest request head.
     pub max_header_bytes: usize,
+    max_in_flight: usize,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One request counted against its listener's `max_in_flight` until dropped.
+pub(crate) struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ListenerRt {
+    fn admit(&self) -> Option<Admitted> {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted(self.in_flight.clone()))
+    }
 }
 
 /// Everything the request path needs, built once from a config.
 pub struct Shared {
     router: Router<Arc<RouteRt>>,
     listeners: Vec<ListenerRt>,
-    metrics: Metrics,
+    upstreams: Vec<Arc<UpstreamRt>>,
+    pub(crate) metrics: Metrics,
     type_base: Arc<str>,
-    access_log: bool,
+    pub(crate) access_log: bool,
 }
 
 /// Facts about the client connection a request arrived on.
@@ -75,10 +121,20 @@ pub struct ConnCtx {
     pub active: Arc<AtomicUsize>,
 }
 
+/// How one attempt ended, before deciding whether to retry.
+enum Tried {
+    Answered(AttemptResponse),
+    Failed(ProxyError),
+}
+
 impl Shared {
     /// Compiles a validated config into the runtime form.
     pub fn new(config: &Config, metrics: Metrics) -> Self {
-        let upstreams: Vec<Arc<UpstreamRt>> = config.upstreams.iter().map(|u| Arc::new(UpstreamRt::new(u))).collect();
+        let upstreams: Vec<Arc<UpstreamRt>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(UpstreamRt::new(u, &metrics)))
+            .collect();
         let routes = config
             .routes
             .iter()
@@ -90,11 +146,27 @@ impl Shared {
                     .as_ref()
                     .map(|l| config.listeners.iter().position(|x| &x.name == l).into_iter().collect())
                     .unwrap_or_default();
+                let name = r.name.as_str();
                 let rt = RouteRt {
-                    name: r.name.as_str().into(),
+                    name: name.into(),
                     upstream: upstreams[i].clone(),
                     timeout: r.timeout,
-                    in_flight: metrics.in_flight.with_label_values(&[r.name.as_str()]),
+                    in_flight: metrics.in_flight.with_label_values(&[name]),
+                    retry: RetryRt::new(
+                        name,
+                        r.retry.clone(),
+                        &metrics.retries,
+                        metrics.retry_budget_exhausted.with_label_values(&[name]),
+                    ),
+                    fallback: r.fallback.as_ref().map(|f| FallbackRt {
+                        status: StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        content_type: HeaderValue::from_str(&f.content_type)
+                            .unwrap_or(HeaderValue::from_static("text/plain")),
+                        body: Bytes::from(f.body.clone()),
+                    }),
+                    fault: r.fault.clone(),
+                    fallbacks: metrics.fallbacks.with_label_values(&[name]),
+                    faults: metrics.faults_injected.with_label_values(&[name]),
                 };
                 Some((r.clone(), listeners, Arc::new(rt)))
             })
@@ -108,12 +180,20 @@ impl Shared {
                     name: l.name.as_str().into(),
                     role: l.role,
                     max_header_bytes: l.limits.max_header_bytes,
+                    max_in_flight: l.limits.max_in_flight,
+                    in_flight: Arc::new(AtomicUsize::new(0)),
                 })
                 .collect(),
+            upstreams,
             metrics,
             type_base: config.errors.type_base.as_str().into(),
             access_log: config.telemetry.logs.access_log,
         }
+    }
+
+    /// Every upstream (for DNS refresh and debug endpoints).
+    pub fn upstreams(&self) -> &[Arc<UpstreamRt>] {
+        &self.upstreams
     }
 
     /// Serves one request. Never fails: every failure becomes a response.
@@ -126,19 +206,28 @@ impl Shared {
             return self.fail(done, ProxyError::new(ErrorKind::Internal), grpc);
         };
 
-        // --- guard ---
-        if headers::head_size(req.method(), req.uri(), req.headers()) > listener.max_header_bytes {
+        // --- admission ---
+        let Some(admitted) = listener.admit() else {
             return self.fail(
                 done,
-                ProxyError::new(ErrorKind::HeaderTooLarge {
-                    limit: listener.max_header_bytes,
+                ProxyError::new(ErrorKind::Overloaded {
+                    limit: listener.max_in_flight,
                 }),
                 grpc,
             );
-        }
+        };
+        done.admitted = Some(admitted);
+
+        // --- guard ---
         // Ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths,
         // obs-fold) never gets this far: hyper frames by Transfer-Encoding alone, drops
         // Content-Length and closes the connection after the response, or answers 400.
+        if headers::head_size(req.method(), req.uri(), req.headers()) > listener.max_header_bytes {
+            let err = ProxyError::new(ErrorKind::HeaderTooLarge {
+                limit: listener.max_header_bytes,
+            });
+            return self.fail(done, err, grpc);
+        }
 
         // --- route ---
         let absolute_form = req.version() <= Version::HTTP_11 && req.uri().authority().is_some();
@@ -156,131 +245,308 @@ impl Shared {
             port,
             absolute_form,
         };
-        let found = self
-            .router
-            .find(
-                &crate::router::Request {
-                    method: req.method(),
-                    uri: req.uri(),
-                    headers: req.headers(),
-                },
-                &query,
-            )
-            .map(|(_, rt)| rt.clone());
-        let Some(route) = found else {
+        let request = crate::router::Request {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        };
+        let Some(route) = self.router.find(&request, &query).map(|(_, rt)| rt.clone()) else {
             return self.fail(done, ProxyError::new(ErrorKind::RouteNotFound), grpc);
         };
         done.set_route(route.clone());
+
+        // --- fault ---
+        if let Some(f) = &route.fault {
+            let chosen = match fault::choose(f, req.headers()) {
+                Ok(c) => c,
+                Err(reason) => return self.fail(done, located(ErrorKind::BadRequest { reason }, &route), grpc),
+            };
+            if chosen.delay.is_some() || chosen.abort.is_some() {
+                route.faults.inc();
+                done.fault = Some(chosen.describe());
+            }
+            if let Some(d) = chosen.delay {
+                tokio::time::sleep(d).await;
+            }
+            if let Some(status) = chosen.abort {
+                return self.fail(done, located(ErrorKind::FaultInjected { status }, &route), grpc);
+            }
+        }
+
+        // --- deadline ---
+        let grpc_timeout = if grpc {
+            req.headers()
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        } else {
+            None
+        };
+        let budget = grpc_timeout.map_or(route.timeout, |t| t.min(route.timeout));
+        let deadline = Instant::now() + budget;
 
         // --- rewrite ---
         let upgrading = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        if absolute_form {
-            if let Some(a) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(HOST, a);
-            }
-        } else if !parts.headers.contains_key(HOST)
-            && let Some(a) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(HOST, a);
-        }
-        headers::strip_hop_by_hop(&mut parts.headers, upgrading);
-        if listener.role == Role::Inbound {
-            headers::add_forwarding(&mut parts.headers, conn.peer.ip(), "http");
-        }
-        parts.headers.insert(X_REQUEST_ID, request_id.clone());
-        if let Some(pq) = parts.uri.path_and_query().cloned() {
-            parts.uri = Uri::from(pq);
-        }
-        parts.extensions = http::Extensions::new();
-        let body = if body.is_end_stream() {
-            RequestBody::Empty
+        rewrite(&mut parts, absolute_form, listener.role, conn.peer, &request_id);
+        let replay_limit = route.retry.replay_limit(&parts.method);
+        let (mut first_body, replay) = if body.is_end_stream() {
+            (Some(RequestBody::Empty), None)
+        } else if let Some(limit) = replay_limit {
+            let handle = ReplayBody::new(body, limit);
+            (handle.replay().map(RequestBody::Replay), Some(handle))
         } else {
-            RequestBody::Incoming(body)
+            (Some(RequestBody::Incoming(body)), None)
         };
-        let upstream_req = Request::from_parts(parts, body);
+        let body_empty = replay.is_none() && matches!(first_body, Some(RequestBody::Empty));
 
-        // --- forward ---
-        let upstream = &route.upstream;
-        let Some(endpoint) = upstream.pick().cloned() else {
-            return self.fail(done, self.located(ErrorKind::Internal, &route), grpc);
-        };
+        // --- retry ---
+        let upstream = route.upstream.clone();
         let http2 = upstream.uses_http2(grpc, upgrading);
-        let attempt_start = Instant::now();
-        let outcome = tokio::time::timeout(route.timeout, UpstreamRt::send_to(&endpoint, upstream_req, http2)).await;
-        let took = attempt_start.elapsed();
-        done.upstream_time = Some(took);
+        route.retry.deposit();
+        let mut fresh_only = false;
+        let mut race_retried = false;
+        let tried = loop {
+            let n = done.attempts_made() as u32 + 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break Tried::Failed(located(ErrorKind::UpstreamTimeout { after: budget }, &route));
+            }
+            // --- breaker ---
+            let permit = match upstream.circuit.admit() {
+                Ok(p) => p,
+                Err(kind) => break Tried::Failed(located(kind, &route)),
+            };
+            // --- balance ---
+            let Some(endpoint) = upstream.endpoints.pick() else {
+                let known = upstream.endpoints.len();
+                break Tried::Failed(located(ErrorKind::NoHealthyEndpoints { known }, &route));
+            };
+            // --- pool ---
+            let body = match first_body.take() {
+                Some(b) => b,
+                None if body_empty => RequestBody::Empty,
+                None => match replay.as_ref().and_then(ReplayBody::replay) {
+                    Some(r) => RequestBody::Replay(r),
+                    // Cannot happen: the loop only continues when a replay exists.
+                    None => break Tried::Failed(located(ErrorKind::Internal, &route)),
+                },
+            };
+            let mut attempt_req = Request::new(body);
+            *attempt_req.method_mut() = parts.method.clone();
+            *attempt_req.uri_mut() = parts.uri.clone();
+            *attempt_req.headers_mut() = parts.headers.clone();
+            if grpc_timeout.is_some()
+                && let Ok(v) = HeaderValue::from_str(&format_grpc_timeout(remaining))
+            {
+                attempt_req.headers_mut().insert(GRPC_TIMEOUT, v);
+            }
+            let per_try = route.retry.per_try_timeout().filter(|p| *p < remaining);
+            let in_flight = endpoint.start();
+            let started = Instant::now();
+            let sent = tokio::time::timeout(
+                per_try.unwrap_or(remaining),
+                UpstreamRt::send_to(&endpoint.pool, attempt_req, http2, fresh_only),
+            )
+            .await;
+            let took = started.elapsed();
+            drop(in_flight);
+
+            let (tried, conn_info) = match sent {
+                Err(_elapsed) => {
+                    let after = per_try.unwrap_or(budget);
+                    (
+                        Tried::Failed(located(ErrorKind::UpstreamTimeout { after }, &route)),
+                        None,
+                    )
+                }
+                Ok(Err(f)) => {
+                    let mut err = located(f.kind, &route);
+                    err.endpoint = Some(endpoint.pool.label().to_owned());
+                    (Tried::Failed(err), f.conn)
+                }
+                Ok(Ok(answer)) => {
+                    let conn = answer.conn;
+                    (Tried::Answered(answer), Some(conn))
+                }
+            };
+
+            // What the breaker, the balancer and the record make of it.
+            let (failed, what, outcome, backoff) = match &tried {
+                Tried::Answered(a) => {
+                    let status = a.response.status();
+                    let backoff = (status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::SERVICE_UNAVAILABLE)
+                        .then(|| retry::retry_after(a.response.headers()).unwrap_or(Duration::from_secs(1)))
+                        .filter(|_| {
+                            status == StatusCode::TOO_MANY_REQUESTS
+                                || a.response.headers().contains_key(http::header::RETRY_AFTER)
+                        });
+                    (
+                        upstream.circuit.status_fails(status.as_u16()),
+                        format!("status {}", status.as_u16()),
+                        AttemptOutcome::Status(status.as_u16()),
+                        backoff,
+                    )
+                }
+                Tried::Failed(e) => {
+                    let why = match &e.kind {
+                        ErrorKind::UpstreamConnectFailed { reason } => Some(reason.clone()),
+                        _ => None,
+                    };
+                    let timed_out = matches!(e.kind, ErrorKind::UpstreamTimeout { .. }) && per_try.is_none();
+                    let outcome = if timed_out {
+                        AttemptOutcome::TimedOut
+                    } else {
+                        AttemptOutcome::Failed(e.code(), why)
+                    };
+                    // A client whose upload broke off says nothing about the upstream.
+                    let upstream_fault = e.class() == ErrorClass::Upstream;
+                    (upstream_fault, e.code().to_owned(), outcome, None)
+                }
+            };
+            upstream.circuit.record(permit, failed, took, &what);
+            if let Health::Ejected(period) = upstream.endpoints.record(&endpoint, failed, took, backoff) {
+                tracing::warn!(
+                    kind = "outlier",
+                    upstream = %upstream.name,
+                    endpoint = %endpoint.pool.label(),
+                    eject_for_ms = period.as_millis() as u64,
+                    "Endpoint {} of '{}' ejected for {} after repeated failures (last: {what}).",
+                    endpoint.pool.label(),
+                    upstream.name,
+                    outrigger_resilience::humanize(period),
+                );
+            }
+            done.attempt(Attempt {
+                endpoint: endpoint.pool.clone(),
+                conn: conn_info,
+                took,
+                outcome,
+            });
+
+            // --- retry decision ---
+            let can_replay = body_empty || replay.as_ref().is_some_and(ReplayBody::is_replayable);
+            let reused = conn_info.filter(|c| c.reused);
+            if let (Tried::Failed(e), Some(c)) = (&tried, reused)
+                && matches!(e.kind, ErrorKind::UpstreamReset)
+                && !race_retried
+                && can_replay
+                && retry::idempotent(&parts.method)
+            {
+                // The keep-alive race: the upstream closed an idle connection as we reused
+                // it. Once, on a fresh connection, outside the budget.
+                upstream.keepalive_race(c.idle_for);
+                race_retried = true;
+                fresh_only = true;
+                route.retry.count(Reason::KeepAliveRace);
+                continue;
+            }
+            fresh_only = false;
+            let reason = match &tried {
+                Tried::Answered(a) => route
+                    .retry
+                    .reason_for_response(a.response.status(), a.response.headers()),
+                Tried::Failed(e) => route.retry.reason_for_failure(&e.kind),
+            };
+            let Some(reason) =
+                reason.filter(|_| can_replay && replay_limit.is_some() || body_empty && replay_limit.is_some())
+            else {
+                break tried;
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let upstream_wait = match &tried {
+                Tried::Answered(a) => retry::retry_after(a.response.headers()),
+                Tried::Failed(_) => None,
+            };
+            match route.retry.decide(n, reason, remaining, upstream_wait) {
+                Decision::Stop => break tried,
+                Decision::BudgetExhausted => {
+                    done.notes.push(format!(
+                        "no retry: the route's retry budget is spent ({reason} not retried)",
+                        reason = reason.as_str()
+                    ));
+                    break tried;
+                }
+                Decision::RetryAfter(wait, reason) => {
+                    route.retry.count(reason);
+                    drop(tried);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        done.upstream_time = Some(done.started().elapsed());
+
+        // --- fallback ---
+        let answer = match tried {
+            Tried::Failed(err) => {
+                if err.class() == ErrorClass::Upstream
+                    && let Some(fb) = &route.fallback
+                {
+                    return self.fallback(done, &route, fb, err.code(), Some(err));
+                }
+                return self.fail(done, err, grpc);
+            }
+            Tried::Answered(a) => a,
+        };
+        let status = answer.response.status();
+        if status.is_server_error()
+            && let Some(fb) = &route.fallback
+        {
+            return self.fallback(done, &route, fb, "upstream_error", None);
+        }
 
         // --- respond ---
-        let attempt = match outcome {
-            Err(_elapsed) => {
-                done.attempt(Attempt {
-                    endpoint,
-                    conn: None,
-                    took,
-                    outcome: AttemptOutcome::TimedOut,
-                });
-                let err = self.located(ErrorKind::UpstreamTimeout { after: route.timeout }, &route);
-                return self.fail(done, err, grpc);
-            }
-            Ok(Err(failure)) => {
-                let mut err = self.located(failure.kind, &route);
-                err.endpoint = Some(endpoint.label().to_owned());
-                let why = match &err.kind {
-                    ErrorKind::UpstreamConnectFailed { reason } => Some(reason.clone()),
-                    _ => None,
-                };
-                let outcome = AttemptOutcome::Failed(err.code(), why);
-                done.attempt(Attempt {
-                    endpoint,
-                    conn: failure.conn,
-                    took,
-                    outcome,
-                });
-                return self.fail(done, err, grpc);
-            }
-            Ok(Ok(attempt)) => attempt,
-        };
-        let status = attempt.response.status();
-        let outcome = AttemptOutcome::Status(status.as_u16());
-        done.attempt(Attempt {
-            endpoint,
-            conn: Some(attempt.conn),
-            took,
-            outcome,
-        });
-        let mut response = attempt.response;
-        if let Some(client_upgrade) = client_upgrade.filter(|_| status == http::StatusCode::SWITCHING_PROTOCOLS) {
+        let mut response = answer.response;
+        if let Some(client_upgrade) = client_upgrade.filter(|_| status == StatusCode::SWITCHING_PROTOCOLS) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(crate::server::tunnel(
                 client_upgrade,
                 upstream_upgrade,
-                route.upstream.name.clone(),
+                upstream.name.clone(),
             ));
         }
-        let (mut parts, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, status == http::StatusCode::SWITCHING_PROTOCOLS);
-        parts.headers.insert(X_REQUEST_ID, request_id);
-        parts.version = done.version;
+        let (mut head, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut head.headers, status == StatusCode::SWITCHING_PROTOCOLS);
+        head.headers.insert(X_REQUEST_ID, request_id);
+        head.version = done.version;
         done.status = Some(status.as_u16());
-        Response::from_parts(parts, ResponseBody::new(ProxyBody::Upstream(body), Some(done)))
+        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done));
+        let body = if grpc_timeout.is_some() {
+            body.with_deadline(deadline, budget)
+        } else {
+            body
+        };
+        Response::from_parts(head, body)
     }
 
-    fn located(&self, kind: ErrorKind, route: &RouteRt) -> ProxyError {
-        ProxyError {
-            kind,
-            route: Some(route.name.to_string()),
-            upstream: Some(route.upstream.name.to_string()),
-            endpoint: None,
-        }
+    fn fallback(
+        &self,
+        mut done: Completion,
+        route: &RouteRt,
+        fb: &FallbackRt,
+        code: &'static str,
+        err: Option<ProxyError>,
+    ) -> Response<ResponseBody> {
+        route.fallbacks.inc();
+        let mut r = Response::new(ProxyBody::full(fb.body.clone()));
+        *r.status_mut() = fb.status;
+        *r.version_mut() = done.version;
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, fb.content_type.clone());
+        h.insert(CONTENT_LENGTH, HeaderValue::from(fb.body.len()));
+        h.insert("outrigger-fallback", HeaderValue::from_static(code));
+        h.insert(X_REQUEST_ID, done.request_id.clone());
+        done.status = Some(fb.status.as_u16());
+        done.fallback = Some(code);
+        done.error = err;
+        let (head, body) = r.into_parts();
+        let body = if done.method == Method::HEAD {
+            ProxyBody::empty()
+        } else {
+            body
+        };
+        Response::from_parts(head, ResponseBody::new(body, Some(done)))
     }
 
     fn fail(&self, mut done: Completion, err: ProxyError, grpc: bool) -> Response<ResponseBody> {
@@ -292,12 +558,10 @@ impl Shared {
             type_base: &self.type_base,
         };
         let mut response = error::render(&err, &cx);
-        let (mut parts, body) = {
-            *response.version_mut() = done.version;
-            response.into_parts()
-        };
+        *response.version_mut() = done.version;
+        let (mut parts, body) = response.into_parts();
         if matches!(err.kind, ErrorKind::BadRequest { .. }) && done.version <= Version::HTTP_11 {
-            // After a framing problem the rest of the connection cannot be trusted.
+            // After a malformed request the rest of the connection cannot be trusted.
             parts
                 .headers
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -308,329 +572,42 @@ impl Shared {
     }
 }
 
+fn located(kind: ErrorKind, route: &RouteRt) -> ProxyError {
+    ProxyError {
+        kind,
+        route: Some(route.name.to_string()),
+        upstream: Some(route.upstream.name.to_string()),
+        endpoint: None,
+    }
+}
+
+/// Turns the client's request head into the upstream's: origin-form URI with `Host` kept
+/// (or taken from the absolute-form authority), hop-by-hop headers out, forwarding headers
+/// in on inbound listeners, our request id and no fault header.
+fn rewrite(parts: &mut Parts, absolute_form: bool, role: Role, peer: SocketAddr, request_id: &HeaderValue) {
+    let upgrading = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
+    if (absolute_form || !parts.headers.contains_key(HOST))
+        && let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        parts.headers.insert(HOST, a);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrading);
+    if role == Role::Inbound {
+        headers::add_forwarding(&mut parts.headers, peer.ip(), "http");
+    }
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    parts.headers.remove(FAULT_HEADER);
+    if let Some(pq) = parts.uri.path_and_query().cloned() {
+        parts.uri = Uri::from(pq);
+    }
+    parts.extensions = http::Extensions::new();
+}
+
 fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// One try at the upstream, as the access log and metrics tell it.
-pub(crate) struct Attempt {
-    endpoint: Arc<EndpointPool>,
-    conn: Option<ConnInfo>,
-    took: Duration,
-    outcome: AttemptOutcome,
-}
-
-enum AttemptOutcome {
-    /// A response head with this status.
-    Status(u16),
-    /// Failed with this error code, and the transport's reason when there is one.
-    Failed(&'static str, Option<String>),
-    /// The route timeout expired while waiting.
-    TimedOut,
-}
-
-impl Attempt {
-    fn code(&self) -> &'static str {
-        match self.outcome {
-            AttemptOutcome::Status(_) => "",
-            AttemptOutcome::Failed(code, _) => code,
-            AttemptOutcome::TimedOut => "upstream_timeout",
-        }
-    }
-
-    /// "attempt 1 to 10.0.0.7:8080 (connection reused after 3.9s idle) failed after 2ms: upstream_reset"
-    fn describe(&self, n: usize) -> String {
-        let via = match self.conn {
-            Some(c) if c.reused => format!("connection reused after {} idle", humanize_ms(c.idle_for)),
-            Some(_) => "fresh connection".to_owned(),
-            None => "no connection".to_owned(),
-        };
-        let ep = self.endpoint.label();
-        let took = humanize_ms(self.took);
-        match self.outcome {
-            AttemptOutcome::Status(s) => format!("attempt {n} to {ep} ({via}) answered {s} after {took}"),
-            AttemptOutcome::Failed(code, None) => format!("attempt {n} to {ep} ({via}) failed after {took}: {code}"),
-            AttemptOutcome::Failed(code, Some(ref why)) => {
-                format!("attempt {n} to {ep} ({via}) failed after {took}: {code} ({why})")
-            }
-            AttemptOutcome::TimedOut => {
-                format!("attempt {n} to {ep} had no response head after {took} (route timeout)")
-            }
-        }
-    }
-
-    fn to_json(&self, n: usize) -> Value {
-        let mut a = Map::with_capacity(7);
-        a.insert("n".into(), n.into());
-        a.insert("endpoint".into(), self.endpoint.label().into());
-        if let Some(c) = self.conn {
-            a.insert("connection".into(), if c.reused { "reused" } else { "fresh" }.into());
-            if c.reused {
-                a.insert("idle_ms".into(), ms(c.idle_for).into());
-            }
-        }
-        a.insert("duration_ms".into(), ms(self.took).into());
-        match self.outcome {
-            AttemptOutcome::Status(s) => a.insert("status".into(), s.into()),
-            _ => a.insert("code".into(), self.code().into()),
-        };
-        Value::Object(a)
-    }
-}
-
-/// The record of one request, finished (metrics observed, access line written) exactly once:
-/// when the response body is done, or when the request is abandoned.
-pub struct Completion {
-    shared: Arc<Shared>,
-    start: Instant,
-    request_id: HeaderValue,
-    method: Method,
-    uri: Uri,
-    version: Version,
-    route: Option<Arc<RouteRt>>,
-    status: Option<u16>,
-    error: Option<ProxyError>,
-    upstream_time: Option<Duration>,
-    attempts: Vec<Attempt>,
-    body_error: Option<String>,
-    client_gone: bool,
-    conn_active: Arc<AtomicUsize>,
-}
-
-impl Completion {
-    fn start(
-        shared: Arc<Shared>,
-        req: &Request<Incoming>,
-        request_id: HeaderValue,
-        conn_active: Arc<AtomicUsize>,
-    ) -> Self {
-        conn_active.fetch_add(1, Ordering::Relaxed);
-        Completion {
-            shared,
-            start: Instant::now(),
-            request_id,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            route: None,
-            status: None,
-            error: None,
-            upstream_time: None,
-            attempts: Vec::new(),
-            body_error: None,
-            client_gone: false,
-            conn_active,
-        }
-    }
-
-    fn set_route(&mut self, route: Arc<RouteRt>) {
-        route.in_flight.inc();
-        self.route = Some(route);
-    }
-
-    fn attempt(&mut self, attempt: Attempt) {
-        if let Some(route) = &self.route {
-            let status = match attempt.outcome {
-                AttemptOutcome::Status(s) => s.to_string(),
-                _ => String::new(),
-            };
-            self.shared
-                .metrics
-                .client_duration
-                .with_label_values(&[
-                    &route.upstream.name,
-                    method_label(&self.method),
-                    &status,
-                    attempt.code(),
-                ])
-                .observe(attempt.took.as_secs_f64());
-        }
-        self.attempts.push(attempt);
-    }
-
-    /// The response body was delivered (or broke off with `error`).
-    pub(crate) fn body_finished(&mut self, error: Option<&hyper::Error>) {
-        if let Some(e) = error {
-            self.body_error = Some(format!("the response body from upstream broke off mid-stream ({e})"));
-        }
-    }
-
-    /// The client went away before the response was complete.
-    pub(crate) fn client_gone(&mut self) {
-        self.client_gone = true;
-    }
-
-    /// The why, as one sentence: every attempt, then what happened to the body.
-    fn cause(&self) -> Option<String> {
-        let mut parts: Vec<String> = self
-            .attempts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| a.describe(i + 1))
-            .collect();
-        if let Some(e) = &self.body_error {
-            parts.push(e.clone());
-        }
-        if self.status.is_none() {
-            parts.push("the client closed the connection before a response was ready".to_owned());
-        } else if self.client_gone {
-            parts.push("the client closed the connection before the response body was complete".to_owned());
-        }
-        let failed = self.error.is_some() || self.body_error.is_some() || self.client_gone || self.status.is_none();
-        match (failed, parts.is_empty()) {
-            (false, _) => None,
-            (true, false) => Some(parts.join("; ")),
-            (true, true) => self.error.as_ref().map(ProxyError::detail),
-        }
-    }
-
-    fn record(&mut self) {
-        let duration = self.start.elapsed();
-        let route_name = self.route.as_ref().map_or("", |r| &*r.name);
-        let (code, class): (Option<&str>, Option<&str>) = match (&self.error, self.status) {
-            (Some(e), _) => (Some(e.code()), Some(e.class().as_str())),
-            (None, None) => (Some("client_cancelled"), Some(ErrorClass::Client.as_str())),
-            (None, Some(_)) => (None, None),
-        };
-        let status_label = self.status.map(|s| s.to_string()).unwrap_or_default();
-        self.shared
-            .metrics
-            .server_duration
-            .with_label_values(&[
-                route_name,
-                method_label(&self.method),
-                &status_label,
-                code.unwrap_or(""),
-                class.unwrap_or(""),
-            ])
-            .observe(duration.as_secs_f64());
-
-        if !self.shared.access_log {
-            return;
-        }
-        let path = self.uri.path();
-        let method = &self.method;
-        let (level, msg) = match (&self.error, self.status) {
-            (Some(e), _) => {
-                let level = match e.class() {
-                    ErrorClass::Client => Level::INFO,
-                    ErrorClass::Upstream => Level::WARN,
-                    ErrorClass::Proxy => Level::ERROR,
-                };
-                (level, e.detail())
-            }
-            (None, None) => (
-                Level::INFO,
-                format!(
-                    "{method} {path}: the client went away after {} before a response was ready.",
-                    humanize_ms(duration)
-                ),
-            ),
-            (None, Some(s)) if self.body_error.is_some() => (
-                Level::WARN,
-                format!("{method} {path} answered {s}, but the upstream's response body broke off mid-stream."),
-            ),
-            (None, Some(s)) if self.client_gone => (
-                Level::INFO,
-                format!("{method} {path} answered {s}, but the client went away before the body was complete."),
-            ),
-            (None, Some(s)) => {
-                let by = self.route.as_ref().map_or("-", |r| &*r.upstream.name);
-                (
-                    Level::INFO,
-                    format!("{method} {path} answered {s} by {by} in {}.", humanize_ms(duration)),
-                )
-            }
-        };
-        let mut f = Map::with_capacity(16);
-        f.insert("request_id".into(), self.request_id.to_str().unwrap_or("").into());
-        if let Some(r) = &self.route {
-            f.insert("route".into(), (&*r.name).into());
-            f.insert("upstream".into(), (&*r.upstream.name).into());
-        }
-        if let Some(a) = self
-            .attempts
-            .last()
-            .filter(|a| matches!(a.outcome, AttemptOutcome::Status(_)))
-        {
-            f.insert("endpoint".into(), a.endpoint.label().into());
-        }
-        f.insert("method".into(), method.as_str().into());
-        f.insert("path".into(), path.into());
-        f.insert("protocol".into(), version_label(self.version).into());
-        f.insert("status".into(), self.status.map_or(Value::Null, Value::from));
-        if let Some(c) = code {
-            f.insert("code".into(), c.into());
-        }
-        if let Some(c) = class {
-            f.insert("class".into(), c.into());
-        }
-        f.insert("duration_ms".into(), ms(duration).into());
-        if let Some(u) = self.upstream_time {
-            f.insert("upstream_ms".into(), ms(u).into());
-        }
-        if !self.attempts.is_empty() {
-            let attempts = self
-                .attempts
-                .iter()
-                .enumerate()
-                .map(|(i, a)| a.to_json(i + 1))
-                .collect();
-            f.insert("attempts".into(), Value::Array(attempts));
-        }
-        if let Some(c) = self.cause() {
-            f.insert("cause".into(), c.into());
-        }
-        outrigger_telemetry::logging::write_line(level, "access", &msg, f);
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        self.record();
-        if let Some(r) = &self.route {
-            r.in_flight.dec();
-        }
-        self.conn_active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
-}
-
-fn humanize_ms(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{}µs", d.as_micros())
-    } else {
-        error::humanize(d)
-    }
-}
-
-/// The method as a bounded metric label: standard methods by name, others `_OTHER`.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
-    }
-}
-
-fn version_label(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/1.1",
-    }
 }

@@ -1,24 +1,32 @@
-//! An upstream at run time: its endpoints' pools, round-robin choice, and the translation
-//! of transport failures into [`ErrorKind`]s.
+//! An upstream at run time: its endpoints and balancer, its circuit breaker, and the
+//! translation of transport failures into [`ErrorKind`]s.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{Request, Response, Version};
+use tokio::time::Instant;
 
 use outrigger_config::{Protocol, Upstream};
+use outrigger_telemetry::Metrics;
 
+use crate::balance::Endpoints;
 use crate::body::RequestBody;
+use crate::circuit::Circuit;
 use crate::error::ErrorKind;
-use crate::pool::{ConnInfo, EndpointPool, PoolSettings, SendError, UpstreamBody};
+use crate::pool::{ConnInfo, EndpointPool, SendError, UpstreamBody};
 
-/// One upstream's endpoints and how to talk to them.
+/// One upstream's endpoints, breaker and protocol.
 pub struct UpstreamRt {
     /// The upstream's name from config.
     pub name: Arc<str>,
-    endpoints: Vec<Arc<EndpointPool>>,
-    next: AtomicUsize,
+    /// Its endpoints and balancer.
+    pub endpoints: Endpoints,
+    /// Its circuit breaker.
+    pub circuit: Arc<Circuit>,
     protocol: Protocol,
+    idle_timeout: Duration,
+    races: Mutex<RaceTracker>,
 }
 
 /// The result of one attempt that failed.
@@ -39,21 +47,24 @@ pub struct AttemptResponse {
 
 impl UpstreamRt {
     /// Builds the runtime form of a configured upstream. No connection is made yet.
-    pub fn new(cfg: &Upstream) -> Self {
-        let settings = PoolSettings {
-            connect_timeout: cfg.connect_timeout,
-            idle_timeout: cfg.pool.idle_timeout,
-            max_idle: cfg.pool.max_idle_per_endpoint,
-        };
+    pub fn new(cfg: &Upstream, metrics: &Metrics) -> Self {
+        let name = cfg.name.as_str();
         UpstreamRt {
-            name: cfg.name.as_str().into(),
-            endpoints: cfg
-                .endpoints
-                .iter()
-                .map(|e| Arc::new(EndpointPool::new(e.host.clone(), e.port, settings.clone())))
-                .collect(),
-            next: AtomicUsize::new(0),
+            name: name.into(),
+            endpoints: Endpoints::new(
+                cfg,
+                metrics.outlier_ejections.with_label_values(&[name]),
+                metrics.endpoints_healthy.with_label_values(&[name]),
+            ),
+            circuit: Arc::new(Circuit::new(
+                name,
+                &cfg.circuit_breaker,
+                metrics.breaker_state.with_label_values(&[name]),
+                metrics.breaker_transitions.clone(),
+            )),
             protocol: cfg.protocol,
+            idle_timeout: cfg.pool.idle_timeout,
+            races: Mutex::new(RaceTracker::default()),
         }
     }
 
@@ -68,18 +79,14 @@ impl UpstreamRt {
             }
     }
 
-    /// The next endpoint in turn (round robin).
-    pub fn pick(&self) -> Option<&Arc<EndpointPool>> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len().max(1);
-        self.endpoints.get(i)
-    }
-
     /// Sends one attempt to `pool`. `req` must carry an origin-form URI and the client's
-    /// `Host`; the HTTP/2 form (`:authority`) is derived here.
+    /// `Host`; the HTTP/2 form (`:authority`) is derived here. `fresh_only` skips pooled
+    /// connections.
     pub async fn send_to(
         pool: &Arc<EndpointPool>,
         mut req: Request<RequestBody>,
         http2: bool,
+        fresh_only: bool,
     ) -> Result<AttemptResponse, AttemptFailure> {
         let result = if http2 {
             *req.version_mut() = Version::HTTP_2;
@@ -87,7 +94,7 @@ impl UpstreamRt {
                 .headers_mut()
                 .remove(http::header::HOST)
                 .and_then(|h| h.to_str().ok().map(str::to_owned))
-                .unwrap_or_else(|| pool.label().to_owned());
+                .unwrap_or_else(|| pool.addr().to_string());
             let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
             match http::Uri::builder()
                 .scheme("http")
@@ -104,14 +111,70 @@ impl UpstreamRt {
                     });
                 }
             }
-            pool.send_http2(req).await
+            pool.send_http2(req, fresh_only).await
         } else {
             *req.version_mut() = Version::HTTP_11;
-            pool.send_http1(req).await
+            pool.send_http1(req, fresh_only).await
         };
         match result {
             Ok((response, conn)) => Ok(AttemptResponse { response, conn }),
             Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Notes a reused connection that failed before any response (the keep-alive race);
+    /// logs once a minute when it keeps happening, naming the setting to change.
+    pub fn keepalive_race(&self, idle_for: Duration) {
+        let mut t = self.races.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(t.since) > Duration::from_secs(60) {
+            *t = RaceTracker {
+                since: now,
+                count: 0,
+                idle_total: Duration::ZERO,
+                warned: t.warned,
+            };
+        }
+        t.count += 1;
+        t.idle_total += idle_for;
+        let due = t
+            .warned
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60));
+        if t.count >= 3 && due {
+            t.warned = Some(now);
+            let avg = t.idle_total / t.count;
+            tracing::warn!(
+                kind = "keepalive_race",
+                upstream = %self.name,
+                count = t.count,
+                avg_idle_ms = avg.as_millis() as u64,
+                pool_idle_timeout_ms = self.idle_timeout.as_millis() as u64,
+                "'{}' closed {} reused connections just as outrigger sent on them in the last minute (idle {} on average). \
+                 Its keep-alive timeout is probably shorter than upstreams.{}.pool.idle_timeout ({}): lower that setting below the app's keep-alive timeout.",
+                self.name,
+                t.count,
+                outrigger_resilience::humanize(avg),
+                self.name,
+                outrigger_resilience::humanize(self.idle_timeout),
+            );
+        }
+    }
+}
+
+struct RaceTracker {
+    since: Instant,
+    count: u32,
+    idle_total: Duration,
+    warned: Option<Instant>,
+}
+
+impl Default for RaceTracker {
+    fn default() -> Self {
+        RaceTracker {
+            since: Instant::now(),
+            count: 0,
+            idle_total: Duration::ZERO,
+            warned: None,
         }
     }
 }

@@ -23,21 +23,56 @@ pub struct Metrics {
     pub client_duration: HistogramVec,
     /// `outrigger_requests_in_flight{route}`
     pub in_flight: IntGaugeVec,
+    /// `outrigger_retries_total{route, reason}`
+    pub retries: IntCounterVec,
+    /// `outrigger_retry_budget_exhausted_total{route}`
+    pub retry_budget_exhausted: IntCounterVec,
+    /// `outrigger_circuit_breaker_state{upstream}`: 0 closed, 1 open, 2 half-open
+    pub breaker_state: IntGaugeVec,
+    /// `outrigger_circuit_breaker_transitions_total{upstream, from, to}`
+    pub breaker_transitions: IntCounterVec,
+    /// `outrigger_outlier_ejections_total{upstream}`
+    pub outlier_ejections: IntCounterVec,
+    /// `outrigger_endpoints_healthy{upstream}`
+    pub endpoints_healthy: IntGaugeVec,
+    /// `outrigger_fallbacks_total{route}`
+    pub fallbacks: IntCounterVec,
+    /// `outrigger_faults_injected_total{route}`
+    pub faults_injected: IntCounterVec,
     /// `outrigger_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec, prometheus::Error> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+        labels,
+    )?;
+    registry.register(Box::new(h.clone()))?;
+    Ok(h)
 }
 
 impl Metrics {
     /// Creates the registry with every metric declared, and `outrigger_build_info` set.
     /// Fails only if a definition here is invalid (a bug caught by the tests).
     pub fn new(version: &str, commit: &str) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let server_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_server_request_duration_seconds",
-                "Duration of HTTP server requests, from the request head to the end of the response.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let r = Registry::new();
+        let server_duration = histogram(
+            &r,
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests, from the request head to the end of the response.",
             &[
                 "http_route",
                 "http_request_method",
@@ -46,12 +81,10 @@ impl Metrics {
                 "error_class",
             ],
         )?;
-        let client_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_client_request_duration_seconds",
-                "Duration of HTTP requests to upstreams, one observation per attempt, until the response head.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
+        let client_duration = histogram(
+            &r,
+            "http_client_request_duration_seconds",
+            "Duration of HTTP requests to upstreams, one observation per attempt, until the response head.",
             &[
                 "upstream",
                 "http_request_method",
@@ -59,40 +92,81 @@ impl Metrics {
                 "error_type",
             ],
         )?;
-        let in_flight = IntGaugeVec::new(
-            Opts::new("outrigger_requests_in_flight", "Requests being served, by route."),
-            &["route"],
-        )?;
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "outrigger_config_reloads_total",
-                "Config reloads, by result (success or rejected).",
-            ),
-            &["result"],
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("outrigger_build_info", "Always 1; labels say which build is running."),
+        let build_info = gauge(
+            &r,
+            "outrigger_build_info",
+            "Always 1; labels say which build is running.",
             &["version", "commit"],
         )?;
         build_info.with_label_values(&[version, commit]).set(1);
-        for r in ["success", "rejected"] {
-            config_reloads.with_label_values(&[r]);
-        }
-        for c in [
-            Box::new(server_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(client_duration.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(config_reloads.clone()),
-            Box::new(build_info),
-        ] {
-            registry.register(c)?;
+        let config_reloads = counter(
+            &r,
+            "outrigger_config_reloads_total",
+            "Config reloads, by result (success or rejected).",
+            &["result"],
+        )?;
+        for result in ["success", "rejected"] {
+            config_reloads.with_label_values(&[result]);
         }
         Ok(Metrics {
-            registry,
             server_duration,
             client_duration,
-            in_flight,
+            in_flight: gauge(
+                &r,
+                "outrigger_requests_in_flight",
+                "Requests being served, by route.",
+                &["route"],
+            )?,
+            retries: counter(
+                &r,
+                "outrigger_retries_total",
+                "Retries made, by route and the reason for the retry.",
+                &["route", "reason"],
+            )?,
+            retry_budget_exhausted: counter(
+                &r,
+                "outrigger_retry_budget_exhausted_total",
+                "Retries not made because the route's retry budget was spent; the failure was returned instead.",
+                &["route"],
+            )?,
+            breaker_state: gauge(
+                &r,
+                "outrigger_circuit_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                &["upstream"],
+            )?,
+            breaker_transitions: counter(
+                &r,
+                "outrigger_circuit_breaker_transitions_total",
+                "Circuit breaker state changes.",
+                &["upstream", "from", "to"],
+            )?,
+            outlier_ejections: counter(
+                &r,
+                "outrigger_outlier_ejections_total",
+                "Endpoints taken out of balancing by outlier detection.",
+                &["upstream"],
+            )?,
+            endpoints_healthy: gauge(
+                &r,
+                "outrigger_endpoints_healthy",
+                "Endpoints in rotation (resolved and not ejected).",
+                &["upstream"],
+            )?,
+            fallbacks: counter(
+                &r,
+                "outrigger_fallbacks_total",
+                "Fallback responses served instead of an upstream failure.",
+                &["route"],
+            )?,
+            faults_injected: counter(
+                &r,
+                "outrigger_faults_injected_total",
+                "Faults injected for rehearsals (delays and aborts).",
+                &["route"],
+            )?,
             config_reloads,
+            registry: r,
         })
     }
 

@@ -1,0 +1,385 @@
+//! The record of one request: its attempts, its outcome, and — exactly once, when the
+//! response body has been delivered or abandoned — its metrics and its access-log line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Method, Request, Uri, Version};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use outrigger_resilience::humanize as humanize_ms;
+use outrigger_telemetry::Level;
+
+use crate::error::{ErrorClass, ProxyError};
+use crate::pool::{ConnInfo, EndpointPool};
+use crate::stack::{RouteRt, Shared};
+
+/// One try at the upstream, as the access log and metrics tell it.
+pub(crate) struct Attempt {
+    pub(crate) endpoint: Arc<EndpointPool>,
+    pub(crate) conn: Option<ConnInfo>,
+    pub(crate) took: Duration,
+    pub(crate) outcome: AttemptOutcome,
+}
+
+pub(crate) enum AttemptOutcome {
+    /// A response head with this status.
+    Status(u16),
+    /// Failed with this error code, and the transport's reason when there is one.
+    Failed(&'static str, Option<String>),
+    /// The route timeout expired while waiting.
+    TimedOut,
+}
+
+impl Attempt {
+    fn code(&self) -> &'static str {
+        match self.outcome {
+            AttemptOutcome::Status(_) => "",
+            AttemptOutcome::Failed(code, _) => code,
+            AttemptOutcome::TimedOut => "upstream_timeout",
+        }
+    }
+
+    /// "attempt 1 to 10.0.0.7:8080 (connection reused after 3.9s idle) failed after 2ms: upstream_reset"
+    fn describe(&self, n: usize) -> String {
+        let via = match self.conn {
+            Some(c) if c.reused => format!("connection reused after {} idle", humanize_ms(c.idle_for)),
+            Some(_) => "fresh connection".to_owned(),
+            None => "no connection".to_owned(),
+        };
+        let ep = self.endpoint.label();
+        let took = humanize_ms(self.took);
+        match self.outcome {
+            AttemptOutcome::Status(s) => format!("attempt {n} to {ep} ({via}) answered {s} after {took}"),
+            AttemptOutcome::Failed(code, None) => format!("attempt {n} to {ep} ({via}) failed after {took}: {code}"),
+            AttemptOutcome::Failed(code, Some(ref why)) => {
+                format!("attempt {n} to {ep} ({via}) failed after {took}: {code} ({why})")
+            }
+            AttemptOutcome::TimedOut => {
+                format!("attempt {n} to {ep} had no response head after {took} (route timeout)")
+            }
+        }
+    }
+
+    fn to_json(&self, n: usize) -> Value {
+        let mut a = Map::with_capacity(7);
+        a.insert("n".into(), n.into());
+        a.insert("endpoint".into(), self.endpoint.label().into());
+        if let Some(c) = self.conn {
+            a.insert("connection".into(), if c.reused { "reused" } else { "fresh" }.into());
+            if c.reused {
+                a.insert("idle_ms".into(), ms(c.idle_for).into());
+            }
+        }
+        a.insert("duration_ms".into(), ms(self.took).into());
+        match self.outcome {
+            AttemptOutcome::Status(s) => a.insert("status".into(), s.into()),
+            _ => a.insert("code".into(), self.code().into()),
+        };
+        Value::Object(a)
+    }
+}
+
+/// The record of one request, finished (metrics observed, access line written) exactly once:
+/// when the response body is done, or when the request is abandoned.
+pub(crate) struct Completion {
+    shared: Arc<Shared>,
+    start: Instant,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    route: Option<Arc<RouteRt>>,
+    pub(crate) status: Option<u16>,
+    pub(crate) error: Option<ProxyError>,
+    pub(crate) upstream_time: Option<Duration>,
+    attempts: Vec<Attempt>,
+    /// Decisions worth a clause in `cause`: "retry budget exhausted", "breaker open".
+    pub(crate) notes: Vec<String>,
+    /// The fault injected, as `delay=500ms,abort=503`.
+    pub(crate) fault: Option<String>,
+    /// The fallback served, by the code it stands in for.
+    pub(crate) fallback: Option<&'static str>,
+    /// The listener's in-flight slot, held until the response is done.
+    pub(crate) admitted: Option<crate::stack::Admitted>,
+    body_error: Option<String>,
+    body_code: Option<&'static str>,
+    client_gone: bool,
+    conn_active: Arc<AtomicUsize>,
+}
+
+impl Completion {
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        req: &Request<Incoming>,
+        request_id: HeaderValue,
+        conn_active: Arc<AtomicUsize>,
+    ) -> Self {
+        conn_active.fetch_add(1, Ordering::Relaxed);
+        Completion {
+            shared,
+            start: Instant::now(),
+            request_id,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            route: None,
+            status: None,
+            error: None,
+            upstream_time: None,
+            attempts: Vec::new(),
+            notes: Vec::new(),
+            fault: None,
+            fallback: None,
+            admitted: None,
+            body_error: None,
+            body_code: None,
+            client_gone: false,
+            conn_active,
+        }
+    }
+
+    pub(crate) fn set_route(&mut self, route: Arc<RouteRt>) {
+        route.in_flight.inc();
+        self.route = Some(route);
+    }
+
+    pub(crate) fn attempt(&mut self, attempt: Attempt) {
+        if let Some(route) = &self.route {
+            let status = match attempt.outcome {
+                AttemptOutcome::Status(s) => s.to_string(),
+                _ => String::new(),
+            };
+            self.shared
+                .metrics
+                .client_duration
+                .with_label_values(&[
+                    &route.upstream.name,
+                    method_label(&self.method),
+                    &status,
+                    attempt.code(),
+                ])
+                .observe(attempt.took.as_secs_f64());
+        }
+        self.attempts.push(attempt);
+    }
+
+    /// The response body was delivered (or broke off with `error`).
+    /// When the request arrived.
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// How many attempts were made so far.
+    pub(crate) fn attempts_made(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// The response body was delivered, or ended early with this error code and reason.
+    pub(crate) fn body_finished(&mut self, error: Option<(&'static str, String)>) {
+        if let Some((code, why)) = error {
+            self.body_code = Some(code);
+            self.body_error = Some(why);
+        }
+    }
+
+    /// The client went away before the response was complete.
+    pub(crate) fn client_gone(&mut self) {
+        self.client_gone = true;
+    }
+
+    /// The why, as one sentence: every attempt, then what happened to the body.
+    fn cause(&self) -> Option<String> {
+        let mut parts: Vec<String> = self
+            .attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| a.describe(i + 1))
+            .collect();
+        parts.extend(self.notes.iter().cloned());
+        if let Some(e) = &self.body_error {
+            parts.push(e.clone());
+        }
+        if self.status.is_none() {
+            parts.push("the client closed the connection before a response was ready".to_owned());
+        } else if self.client_gone {
+            parts.push("the client closed the connection before the response body was complete".to_owned());
+        }
+        let failed = self.error.is_some()
+            || self.body_error.is_some()
+            || self.client_gone
+            || self.status.is_none()
+            || self.attempts.len() > 1
+            || self.fallback.is_some();
+        match (failed, parts.is_empty()) {
+            (false, _) => None,
+            (true, false) => Some(parts.join("; ")),
+            (true, true) => self.error.as_ref().map(ProxyError::detail),
+        }
+    }
+
+    fn record(&mut self) {
+        let duration = self.start.elapsed();
+        let route_name = self.route.as_ref().map_or("", |r| &*r.name);
+        let (code, class): (Option<&str>, Option<&str>) = match (&self.error, self.status) {
+            (Some(e), _) => (Some(e.code()), Some(e.class().as_str())),
+            (None, None) => (Some("client_cancelled"), Some(ErrorClass::Client.as_str())),
+            (None, Some(_)) => (self.body_code, self.body_code.map(|_| ErrorClass::Upstream.as_str())),
+        };
+        let status_label = self.status.map(|s| s.to_string()).unwrap_or_default();
+        self.shared
+            .metrics
+            .server_duration
+            .with_label_values(&[
+                route_name,
+                method_label(&self.method),
+                &status_label,
+                code.unwrap_or(""),
+                class.unwrap_or(""),
+            ])
+            .observe(duration.as_secs_f64());
+
+        if !self.shared.access_log {
+            return;
+        }
+        let path = self.uri.path();
+        let method = &self.method;
+        let (level, msg) = match (&self.error, self.status) {
+            (_, Some(s)) if self.fallback.is_some() => (
+                Level::WARN,
+                format!(
+                    "{method} {path} was answered {s} by the route's fallback instead of {}.",
+                    self.fallback.unwrap_or("a failure")
+                ),
+            ),
+            (Some(e), _) => {
+                let level = match e.class() {
+                    ErrorClass::Client => Level::INFO,
+                    ErrorClass::Upstream => Level::WARN,
+                    ErrorClass::Proxy if matches!(e.kind, crate::error::ErrorKind::Internal) => Level::ERROR,
+                    ErrorClass::Proxy => Level::WARN,
+                };
+                (level, e.detail())
+            }
+            (None, None) => (
+                Level::INFO,
+                format!(
+                    "{method} {path}: the client went away after {} before a response was ready.",
+                    humanize_ms(duration)
+                ),
+            ),
+            (None, Some(s)) if self.body_error.is_some() => (
+                Level::WARN,
+                format!("{method} {path} answered {s}, but the response body ended early."),
+            ),
+            (None, Some(s)) if self.client_gone => (
+                Level::INFO,
+                format!("{method} {path} answered {s}, but the client went away before the body was complete."),
+            ),
+            (None, Some(s)) => {
+                let by = self.route.as_ref().map_or("-", |r| &*r.upstream.name);
+                let tries = match self.attempts.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" after {n} attempts"),
+                };
+                (
+                    Level::INFO,
+                    format!(
+                        "{method} {path} answered {s} by {by} in {}{tries}.",
+                        humanize_ms(duration)
+                    ),
+                )
+            }
+        };
+        let mut f = Map::with_capacity(16);
+        f.insert("request_id".into(), self.request_id.to_str().unwrap_or("").into());
+        if let Some(r) = &self.route {
+            f.insert("route".into(), (&*r.name).into());
+            f.insert("upstream".into(), (&*r.upstream.name).into());
+        }
+        if let Some(a) = self
+            .attempts
+            .last()
+            .filter(|a| matches!(a.outcome, AttemptOutcome::Status(_)))
+        {
+            f.insert("endpoint".into(), a.endpoint.label().into());
+        }
+        f.insert("method".into(), method.as_str().into());
+        f.insert("path".into(), path.into());
+        f.insert("protocol".into(), version_label(self.version).into());
+        f.insert("status".into(), self.status.map_or(Value::Null, Value::from));
+        if let Some(c) = code {
+            f.insert("code".into(), c.into());
+        }
+        if let Some(c) = class {
+            f.insert("class".into(), c.into());
+        }
+        f.insert("duration_ms".into(), ms(duration).into());
+        if let Some(u) = self.upstream_time {
+            f.insert("upstream_ms".into(), ms(u).into());
+        }
+        if !self.attempts.is_empty() {
+            let attempts = self
+                .attempts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| a.to_json(i + 1))
+                .collect();
+            f.insert("attempts".into(), Value::Array(attempts));
+        }
+        if let Some(fault) = &self.fault {
+            f.insert("fault".into(), fault.as_str().into());
+        }
+        if let Some(code) = self.fallback {
+            f.insert("fallback".into(), code.into());
+        }
+        if let Some(c) = self.cause() {
+            f.insert("cause".into(), c.into());
+        }
+        outrigger_telemetry::logging::write_line(level, "access", &msg, f);
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.record();
+        if let Some(r) = &self.route {
+            r.in_flight.dec();
+        }
+        self.conn_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// The method as a bounded metric label: standard methods by name, others `_OTHER`.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+fn version_label(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}

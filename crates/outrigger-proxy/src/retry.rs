@@ -1,0 +1,209 @@
+//! A route's retry policy at run time: which failures may be retried, for which methods,
+//! how long to wait, and the budget that keeps retries from amplifying an outage.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode};
+use prometheus::{IntCounter, IntCounterVec};
+use tokio::time::Instant;
+
+use outrigger_config::{Retry, RetryOn};
+use outrigger_resilience::RetryBudget;
+use outrigger_resilience::backoff::full_jitter;
+
+use crate::error::ErrorKind;
+
+/// Why a retry is made (the `reason` label of `outrigger_retries_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The connection could not be made.
+    ConnectFailure,
+    /// The connection was reset before a response.
+    Reset,
+    /// 503 (or gRPC UNAVAILABLE).
+    Unavailable,
+    /// 502 or 504.
+    Gateway,
+    /// The per-try timeout expired.
+    Timeout,
+    /// A status listed in `retriable_status`.
+    Status,
+    /// A reused keep-alive connection failed before any response: once, on a fresh
+    /// connection, not counted against the budget.
+    KeepAliveRace,
+}
+
+impl Reason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ConnectFailure => "connect_failure",
+            Reason::Reset => "reset",
+            Reason::Unavailable => "unavailable",
+            Reason::Gateway => "gateway",
+            Reason::Timeout => "timeout",
+            Reason::Status => "status",
+            Reason::KeepAliveRace => "keepalive_race",
+        }
+    }
+
+    const ALL: [Reason; 7] = [
+        Reason::ConnectFailure,
+        Reason::Reset,
+        Reason::Unavailable,
+        Reason::Gateway,
+        Reason::Timeout,
+        Reason::Status,
+        Reason::KeepAliveRace,
+    ];
+}
+
+/// What the retry loop should do after an attempt.
+pub enum Decision {
+    /// Return what we have.
+    Stop,
+    /// The budget is spent: return what we have, and say so.
+    BudgetExhausted,
+    /// Try again after this wait.
+    RetryAfter(Duration, Reason),
+}
+
+/// A route's retry state.
+pub struct RetryRt {
+    policy: Option<Retry>,
+    budget: Mutex<RetryBudget>,
+    counters: [IntCounter; 7],
+    exhausted: IntCounter,
+}
+
+/// Methods that may be sent twice without changing the outcome (RFC 9110 §9.2.2).
+pub fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl RetryRt {
+    /// The retry state of route `route` (`policy: None` = one attempt, but the keep-alive
+    /// race is still handled).
+    pub fn new(route: &str, policy: Option<Retry>, retries: &IntCounterVec, exhausted: IntCounter) -> Self {
+        let (ratio, floor) = policy
+            .as_ref()
+            .map_or((0.2, 10.0), |p| (p.budget.ratio, p.budget.min_per_second));
+        RetryRt {
+            policy,
+            budget: Mutex::new(RetryBudget::new(ratio, floor, Instant::now().into_std())),
+            counters: Reason::ALL.map(|r| retries.with_label_values(&[route, r.as_str()])),
+            exhausted,
+        }
+    }
+
+    /// Total tries allowed, including the first.
+    pub fn attempts(&self) -> u32 {
+        self.policy.as_ref().map_or(1, |p| p.attempts)
+    }
+
+    /// The per-try timeout, if any.
+    pub fn per_try_timeout(&self) -> Option<Duration> {
+        self.policy.as_ref().and_then(|p| p.per_try_timeout)
+    }
+
+    /// The replay buffer size when this request may be retried at all.
+    pub fn replay_limit(&self, method: &Method) -> Option<usize> {
+        let p = self.policy.as_ref()?;
+        (p.attempts > 1 && (!p.idempotent_only || idempotent(method))).then_some(p.replay_buffer_bytes)
+    }
+
+    /// Counts a request against the budget (once per request).
+    pub fn deposit(&self) {
+        self.budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .deposit(Instant::now().into_std());
+    }
+
+    /// Which retry condition a failure meets, if the policy lists it.
+    pub fn reason_for_failure(&self, kind: &ErrorKind) -> Option<Reason> {
+        let reason = match kind {
+            ErrorKind::UpstreamConnectFailed { .. } => Reason::ConnectFailure,
+            ErrorKind::UpstreamReset => Reason::Reset,
+            ErrorKind::UpstreamTimeout { .. } => Reason::Timeout,
+            _ => return None,
+        };
+        self.listed(reason).then_some(reason)
+    }
+
+    /// Which retry condition a response meets: its status, or a gRPC UNAVAILABLE in a
+    /// trailers-only response head.
+    pub fn reason_for_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<Reason> {
+        let p = self.policy.as_ref()?;
+        let grpc_unavailable = headers.get("grpc-status").is_some_and(|v| v == "14");
+        let code = status.as_u16();
+        if (code == 503 || grpc_unavailable) && self.listed(Reason::Unavailable) {
+            Some(Reason::Unavailable)
+        } else if matches!(code, 502..=504) && self.listed(Reason::Gateway) {
+            Some(Reason::Gateway)
+        } else if p.retriable_status.contains(&code) {
+            Some(Reason::Status)
+        } else {
+            None
+        }
+    }
+
+    fn listed(&self, reason: Reason) -> bool {
+        let Some(p) = &self.policy else { return false };
+        p.on.iter().any(|on| {
+            matches!(
+                (on, reason),
+                (RetryOn::ConnectFailure, Reason::ConnectFailure)
+                    | (RetryOn::Reset, Reason::Reset)
+                    | (RetryOn::Unavailable, Reason::Unavailable)
+                    | (RetryOn::Timeout, Reason::Timeout)
+                    | (RetryOn::Gateway, Reason::Gateway | Reason::Unavailable)
+            )
+        })
+    }
+
+    /// Decides about retry number `retry` (1 for the first retry) for `reason`, with
+    /// `remaining` time left before the deadline and the upstream's `Retry-After` if it sent one.
+    pub fn decide(&self, retry: u32, reason: Reason, remaining: Duration, retry_after: Option<Duration>) -> Decision {
+        let Some(p) = &self.policy else { return Decision::Stop };
+        if retry >= p.attempts {
+            return Decision::Stop;
+        }
+        let wait = match retry_after {
+            // The upstream said when: honour it if the deadline allows, else give up now.
+            Some(after) if after < remaining => after,
+            Some(_) => return Decision::Stop,
+            None => full_jitter(retry, p.backoff.base, p.backoff.max, fastrand::f64()),
+        };
+        if wait >= remaining {
+            return Decision::Stop;
+        }
+        if !self
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_withdraw(Instant::now().into_std())
+        {
+            self.exhausted.inc();
+            return Decision::BudgetExhausted;
+        }
+        Decision::RetryAfter(wait, reason)
+    }
+
+    /// Counts a retry that is being made.
+    pub fn count(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.counters[i].inc();
+        }
+    }
+}
+
+/// `Retry-After` as a wait: delay-seconds only (an HTTP-date is ignored).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
