@@ -215,12 +215,20 @@ impl Endpoints {
         usable(false).or_else(|| usable(true))
     }
 
-    /// Records an attempt's result for balancing and outlier detection.
-    pub fn record(&self, ep: &EndpointRt, failed: bool, took: Duration, backoff: Option<Duration>) -> Health {
+    /// Records an attempt's result for balancing and outlier detection. `latency` is what
+    /// the balancer should learn from it: the time of an answer or of a timeout, but not of
+    /// a fast failure (a refusing endpoint must not look fast).
+    pub fn record(
+        &self,
+        ep: &EndpointRt,
+        failed: bool,
+        latency: Option<Duration>,
+        backoff: Option<Duration>,
+    ) -> Health {
         let now = Instant::now();
         let mut s = lock(&ep.stats);
-        if !failed {
-            s.ewma.observe(took, now.into_std());
+        if let Some(l) = latency {
+            s.ewma.observe(l, now.into_std());
         }
         if let Some(b) = backoff {
             s.backoff_until = Some(now + b);

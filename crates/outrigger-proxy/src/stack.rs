@@ -292,10 +292,11 @@ impl Shared {
         let replay_limit = route.retry.replay_limit(&parts.method);
         let (mut first_body, replay) = if body.is_end_stream() {
             (Some(RequestBody::Empty), None)
-        } else if let Some(limit) = replay_limit {
+        } else if let Some(limit) = replay_limit.filter(|l| body.size_hint().lower() <= *l as u64) {
             let handle = ReplayBody::new(body, limit);
             (handle.replay().map(RequestBody::Replay), Some(handle))
         } else {
+            // Declared larger than the replay buffer (or not retryable): sent once, as it comes.
             (Some(RequestBody::Incoming(body)), None)
         };
         let body_empty = replay.is_none() && matches!(first_body, Some(RequestBody::Empty));
@@ -406,7 +407,12 @@ impl Shared {
                 }
             };
             upstream.circuit.record(permit, failed, took, &what);
-            if let Health::Ejected(period) = upstream.endpoints.record(&endpoint, failed, took, backoff) {
+            let latency = match &tried {
+                Tried::Answered(_) => Some(took),
+                Tried::Failed(e) if matches!(e.kind, ErrorKind::UpstreamTimeout { .. }) => Some(took),
+                Tried::Failed(_) => None,
+            };
+            if let Health::Ejected(period) = upstream.endpoints.record(&endpoint, failed, latency, backoff) {
                 tracing::warn!(
                     kind = "outlier",
                     upstream = %upstream.name,

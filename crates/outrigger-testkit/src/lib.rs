@@ -52,6 +52,35 @@ pub enum Mode {
     Status(u16),
 }
 
+impl Mode {
+    /// Modes that misbehave below HTTP, decided when a connection is accepted.
+    fn is_raw(&self) -> bool {
+        matches!(
+            self,
+            Mode::Hang | Mode::ResetMidBody | Mode::ResetBeforeResponse | Mode::Garbage
+        )
+    }
+}
+
+/// The base mode and a number of one-off failures to serve first.
+struct Plan {
+    mode: Mode,
+    fail_left: usize,
+    fail_mode: Mode,
+}
+
+impl Plan {
+    /// The mode for the next connection (`raw`) or request: a pending failure of the right
+    /// kind first, else the base mode.
+    fn next(&mut self, raw: bool) -> Mode {
+        if self.fail_left > 0 && self.fail_mode.is_raw() == raw {
+            self.fail_left -= 1;
+            return self.fail_mode.clone();
+        }
+        self.mode.clone()
+    }
+}
+
 /// What the upstream has seen.
 #[derive(Default)]
 struct Seen {
@@ -63,7 +92,7 @@ struct Seen {
 /// A running programmable upstream. Stops when dropped.
 pub struct Upstream {
     addr: SocketAddr,
-    mode: Arc<Mutex<Mode>>,
+    mode: Arc<Mutex<Plan>>,
     seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -79,7 +108,11 @@ impl Upstream {
     pub async fn start(mode: Mode) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
-        let mode = Arc::new(Mutex::new(mode));
+        let mode = Arc::new(Mutex::new(Plan {
+            mode,
+            fail_left: 0,
+            fail_mode: Mode::Ok,
+        }));
         let seen = Arc::new(Seen::default());
         let task = tokio::spawn(accept(listener, mode.clone(), seen.clone()));
         Upstream { addr, mode, seen, task }
@@ -92,7 +125,15 @@ impl Upstream {
 
     /// Changes the behaviour for what comes next.
     pub fn set_mode(&self, mode: Mode) {
-        *self.mode.lock().expect("mode lock") = mode;
+        self.mode.lock().expect("mode lock").mode = mode;
+    }
+
+    /// Serves the next `n` connections (raw modes such as `ResetBeforeResponse`) or requests
+    /// (HTTP modes such as `Status(503)`) with `failure`, then goes back to the base mode.
+    pub fn fail_next(&self, n: usize, failure: Mode) {
+        let mut plan = self.mode.lock().expect("mode lock");
+        plan.fail_left = n;
+        plan.fail_mode = failure;
     }
 
     /// Requests received so far (counted once their head is read).
@@ -117,13 +158,13 @@ pub fn refused_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
-async fn accept(listener: TcpListener, mode: Arc<Mutex<Mode>>, seen: Arc<Seen>) {
+async fn accept(listener: TcpListener, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         seen.connections.fetch_add(1, Ordering::SeqCst);
-        let current = mode.lock().expect("mode lock").clone();
+        let current = mode.lock().expect("mode lock").next(true);
         let mode = mode.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -199,9 +240,9 @@ async fn garbage(mut stream: TcpStream, seen: &Seen) {
     let _ = stream.shutdown().await;
 }
 
-async fn serve_http(stream: TcpStream, mode: Arc<Mutex<Mode>>, seen: Arc<Seen>) {
+async fn serve_http(stream: TcpStream, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) {
     let svc = service_fn(move |req| {
-        let mode = mode.lock().expect("mode lock").clone();
+        let mode = mode.lock().expect("mode lock").next(false);
         let seen = seen.clone();
         async move {
             seen.requests.fetch_add(1, Ordering::SeqCst);
