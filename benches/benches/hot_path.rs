@@ -68,3 +68,72 @@ fn request_id_generate(bencher: divan::Bencher) {
 fn authority_split(bencher: divan::Bencher) {
     bencher.bench_local(|| split_authority(divan::black_box("payments.internal:8080")));
 }
+
+fn breaker_settings() -> outrigger_resilience::BreakerSettings {
+    outrigger_resilience::BreakerSettings {
+        consecutive_failures: 5,
+        failure_rate: 0.5,
+        window: std::time::Duration::from_secs(10),
+        min_requests: 20,
+        open_for: std::time::Duration::from_secs(5),
+        max_open_for: std::time::Duration::from_secs(60),
+        half_open_probes: 3,
+        slow_call: Some((std::time::Duration::from_secs(1), 0.8)),
+    }
+}
+
+/// The breaker's success path: admit, then record a success (the pure state machine).
+#[divan::bench]
+fn breaker_admit_and_record_success(bencher: divan::Bencher) {
+    let now = std::time::Instant::now();
+    let mut b = outrigger_resilience::Breaker::new(breaker_settings(), now);
+    bencher.bench_local(|| {
+        if let (outrigger_resilience::Admission::Allowed(ticket), _) = b.admit(now) {
+            let call = outrigger_resilience::Call {
+                ticket,
+                failed: false,
+                took: std::time::Duration::from_millis(3),
+                what: "ok",
+            };
+            divan::black_box(b.record(now, call));
+        }
+    });
+}
+
+/// The same through the proxy's shared breaker (lock + concurrency limit), from 1 and 2 threads.
+#[divan::bench(threads = [1, 2])]
+fn circuit_admit_and_record_success(bencher: divan::Bencher) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let cfg = outrigger_config::CircuitBreaker::default();
+    let gauge = prometheus::IntGauge::new("g", "g").expect("gauge");
+    let transitions =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["upstream", "from", "to"]).expect("counter");
+    let circuit = std::sync::Arc::new(outrigger_proxy::circuit::Circuit::new("app", &cfg, gauge, transitions));
+    bencher.bench(|| {
+        if let Ok(permit) = circuit.admit() {
+            circuit.record(permit, false, std::time::Duration::from_millis(3), "ok");
+        }
+    });
+}
+
+#[divan::bench]
+fn retry_budget_deposit_and_withdraw(bencher: divan::Bencher) {
+    let now = std::time::Instant::now();
+    let mut b = outrigger_resilience::RetryBudget::new(0.2, 10.0, now);
+    bencher.bench_local(|| {
+        b.deposit(now);
+        divan::black_box(b.try_withdraw(now))
+    });
+}
+
+#[divan::bench]
+fn grpc_timeout_parse_and_format(bencher: divan::Bencher) {
+    bencher.bench_local(|| {
+        let d = outrigger_resilience::deadline::parse_grpc_timeout(divan::black_box(b"1500m"));
+        d.map(outrigger_resilience::deadline::format_grpc_timeout)
+    });
+}

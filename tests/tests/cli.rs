@@ -73,3 +73,59 @@ fn usage_errors_exit_2_and_help_and_version_exit_0() {
     assert_eq!(code, 0);
     assert!(out.starts_with("outrigger 0."), "{out}");
 }
+
+#[test]
+fn check_warns_about_contradictory_settings_and_deny_warnings_fails() {
+    let file = temp_file(
+        "lint.yaml",
+        "listeners: [{name: inbound, address: 127.0.0.1:15001}]\n\
+         upstreams:\n  app:\n    endpoints: [127.0.0.1:8080]\n    pool: {idle_timeout: 90s}\n    circuit_breaker: {min_requests: 5000, window: 10s}\n\
+         routes:\n  - name: checkout\n    match: {path_prefix: /}\n    upstream: app\n    timeout: 2s\n\
+         \x20   retry: {attempts: 3, per_try_timeout: 700ms, idempotent_only: false}\n\
+         \x20   fallback: {body: busy}\n",
+    );
+    let f = file.to_str().unwrap();
+    let (code, out, err) = run_cli(&["check", "-c", f]);
+    assert_eq!(code, 0, "warnings alone do not fail: {err}");
+    assert!(out.contains("is valid (5 warnings above)"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "warning: {f}:5:11: upstreams.app.pool.idle_timeout: pool.idle_timeout 90s is longer than"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("warning: {f}:6:22: upstreams.app.circuit_breaker.min_requests: the failure-rate rule needs 5000 calls within 10s (500 per second)")), "{err}");
+    assert!(
+        err.contains(&format!("warning: {f}:12:12: routes[0].retry: 3 attempts × per_try_timeout 700ms + 2 × backoff up to 250ms = 2.6s exceeds the route timeout of 2s")),
+        "{err}"
+    );
+    assert!(
+        err.contains("fix: raise the route `timeout` to 2.6s or lower `attempts` / `per_try_timeout`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`idempotent_only: false` retries POST and PATCH too"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "warning: {f}:13:15: routes[0].fallback: a fallback on a route that is not `critical`"
+        )),
+        "{err}"
+    );
+
+    let (code, out, err) = run_cli(&["check", "-c", f, "--deny-warnings"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("5 warnings in") && err.contains("(--deny-warnings)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shipped_configs_have_no_warnings() {
+    for file in ["config/outrigger.yaml", "config/minimal.yaml"] {
+        let (code, _, err) = run_cli(&["check", "-c", &repo_file(file), "--deny-warnings"]);
+        assert_eq!(code, 0, "{file}: {err}");
+    }
+}

@@ -500,3 +500,43 @@ async fn the_fault_header_works_only_where_allowed() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["code"], "bad_request");
 }
+
+#[tokio::test]
+async fn the_keepalive_race_is_retried_once_on_a_fresh_connection_and_explained() {
+    let up = Upstream::start(Mode::ResetReused).await;
+    // No retry policy at all: the race retry is not a policy retry and needs no budget.
+    let proxy = Outrigger::start(&yaml(&[up.addr()], "", ""));
+    assert_eq!(request(&proxy, "GET", "/", Bytes::new()).await.status, 200);
+    for round in 1..=3 {
+        let reply = request(&proxy, "GET", "/", Bytes::new()).await;
+        assert_eq!(reply.status, 200, "round {round}");
+        let line = proxy.access_log(reply.header("x-request-id")).await;
+        let attempts = line["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{line}");
+        assert_eq!(attempts[0]["connection"], "reused");
+        assert_eq!(attempts[0]["code"], "upstream_reset");
+        assert_eq!(attempts[1]["connection"], "fresh");
+        assert!(
+            line["cause"].as_str().unwrap().contains("(connection reused after"),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        proxy
+            .metric("outrigger_retries_total", &["reason=\"keepalive_race\""])
+            .await,
+        3.0
+    );
+    let warn = proxy.wait_for_log(|l| l["kind"] == "keepalive_race").await;
+    assert!(
+        warn["msg"]
+            .as_str()
+            .unwrap()
+            .contains("upstreams.app.pool.idle_timeout"),
+        "{warn}"
+    );
+    // A POST is not idempotent: the race is reported, not retried.
+    let reply = request(&proxy, "POST", "/", Bytes::from_static(b"x")).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.json()["code"], "upstream_reset");
+}

@@ -16,6 +16,8 @@ use crate::yaml::{Key, Node, Pos, Value};
 pub(crate) struct Cx {
     file: String,
     pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Settings that are valid but contradict each other (`outrigger check` lints).
+    pub(crate) warnings: Vec<Diagnostic>,
 }
 
 impl Cx {
@@ -23,7 +25,18 @@ impl Cx {
         Cx {
             file: file.to_owned(),
             diagnostics: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    pub(crate) fn warn(&mut self, pos: Pos, path: &str, message: impl Into<String>, fix: impl Into<String>) {
+        self.warnings.push(Diagnostic {
+            file: self.file.clone(),
+            pos,
+            path: path.to_owned(),
+            message: message.into(),
+            fix: fix.into(),
+        });
     }
 
     pub(crate) fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>, fix: impl Into<String>) {

@@ -8,6 +8,7 @@
 mod decode;
 mod env;
 mod error;
+mod lint;
 mod load;
 pub mod schema;
 mod yaml;
@@ -24,12 +25,25 @@ pub const BUILTIN_YAML: &str = include_str!("builtin.yaml");
 
 /// Reads and validates a config file, expanding `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_checked(path).map(|c| c.config)
+}
+
+/// A valid config and the lint warnings about it (settings that contradict each other).
+pub struct Checked {
+    /// The config.
+    pub config: Config,
+    /// Warnings, in file order; `outrigger check --deny-warnings` treats them as errors.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Like [`load`], keeping the lint warnings.
+pub fn load_checked(path: &Path) -> Result<Checked, ConfigError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         file: file.clone(),
         reason: e.to_string(),
     })?;
-    from_yaml(&text, &file, &|name| std::env::var(name).ok())
+    check_yaml(&text, &file, &|name| std::env::var(name).ok())
 }
 
 /// The built-in default configuration.
@@ -39,6 +53,11 @@ pub fn builtin() -> Result<Config, ConfigError> {
 
 /// Parses and validates config text. `file` names it in errors; `env` looks up variables.
 pub fn from_yaml(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    check_yaml(text, file, env).map(|c| c.config)
+}
+
+/// Like [`from_yaml`], keeping the lint warnings.
+pub fn check_yaml(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Checked, ConfigError> {
     let mut cx = decode::Cx::new(file);
     let mut root = match yaml::parse(text) {
         Ok(root) => root,
@@ -55,7 +74,11 @@ pub fn from_yaml(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -
     env::expand_tree(&mut cx, &mut root, env);
     let config = load::config(&mut cx, &root);
     if cx.diagnostics.is_empty() {
-        Ok(config)
+        cx.warnings.sort_by_key(|d| (d.pos.line, d.pos.column));
+        Ok(Checked {
+            config,
+            warnings: cx.warnings,
+        })
     } else {
         cx.diagnostics.sort_by_key(|d| (d.pos.line, d.pos.column));
         Err(ConfigError::Invalid(cx.diagnostics))

@@ -473,6 +473,7 @@ fn upstream(cx: &mut Cx, upstream_name: &str, node: &Node, path: &str) -> Option
             })
         })
         .unwrap_or_default();
+    crate::lint::upstream(cx, &f, &pool, &circuit_breaker);
     Some(Upstream {
         name: valid_name?,
         endpoints: endpoints?,
@@ -783,6 +784,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
             allow_header: ff.or(cx, "allow_header", false, boolean),
         })
     });
+    crate::lint::route(cx, &f, timeout, retry.as_ref(), fallback.is_some(), critical);
     Some(Route {
         name: name_v?,
         matcher: matcher?,

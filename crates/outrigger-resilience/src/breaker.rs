@@ -253,6 +253,10 @@ impl Breaker {
         bucket.slow += u64::from(slow);
         self.consecutive = if call.failed { self.consecutive + 1 } else { 0 };
 
+        // The success path: nothing can trip on a fast success.
+        if !call.failed && !slow {
+            return None;
+        }
         let s = &self.settings;
         let window = human(s.window);
         let why = if self.consecutive >= s.consecutive_failures {

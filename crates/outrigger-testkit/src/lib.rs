@@ -44,6 +44,9 @@ pub enum Mode {
     ResetMidBody,
     /// Reset the connection as soon as a request arrives, answering nothing.
     ResetBeforeResponse,
+    /// Answer the first request on each connection (keep-alive), then reset the connection
+    /// when the next request on it arrives: the keep-alive race, made deterministic.
+    ResetReused,
     /// `500` with an HTML page holding a stack trace and a fake secret.
     Html500,
     /// Bytes that are not HTTP.
@@ -173,6 +176,7 @@ async fn accept(listener: TcpListener, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) 
                 Mode::ResetMidBody => reset_mid_body(stream, &seen).await,
                 Mode::ResetBeforeResponse => reset_before_response(stream, &seen).await,
                 Mode::Garbage => garbage(stream, &seen).await,
+                Mode::ResetReused => reset_reused(stream, &seen).await,
                 Mode::Ok | Mode::Delay(_) | Mode::Html500 | Mode::Status(_) => serve_http(stream, mode, seen).await,
             }
         });
@@ -223,6 +227,21 @@ async fn reset_mid_body(mut stream: TcpStream, seen: &Seen) {
 }
 
 async fn reset_before_response(mut stream: TcpStream, seen: &Seen) {
+    if read_head(&mut stream).await.is_some() {
+        seen.requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}
+
+async fn reset_reused(mut stream: TcpStream, seen: &Seen) {
+    if read_head(&mut stream).await.is_none() {
+        return;
+    }
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
+        .await;
     if read_head(&mut stream).await.is_some() {
         seen.requests.fetch_add(1, Ordering::SeqCst);
     }

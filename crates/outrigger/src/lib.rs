@@ -24,7 +24,8 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!(
     after_help = "Examples:\n  \
         outrigger run                               sidecar for an app on 127.0.0.1:8080 (listen :15001, admin :15090)\n  \
         outrigger run -c /etc/outrigger/outrigger.yaml --workers 2\n  \
-        outrigger check -c config/outrigger.yaml    validate a config and show its routes\n\n\
+        outrigger check -c config/outrigger.yaml    validate a config and show its routes\n  \
+        outrigger check -c my.yaml --deny-warnings  also fail on contradictory settings (for CI)\n\n\
         Exit codes: 0 ok, 1 runtime or config failure, 2 usage error."
 )]
 struct Cli {
@@ -55,6 +56,9 @@ enum Command {
         /// Config file (YAML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Treat lint warnings (contradictory settings) as errors: exit 1.
+        #[arg(long)]
+        deny_warnings: bool,
     },
 }
 
@@ -73,23 +77,43 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, deny_warnings } => check(&config, deny_warnings),
         Command::Run { config, workers } => run(config, workers),
     }
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
+fn load(path: Option<&PathBuf>) -> Result<outrigger_config::Checked, ConfigError> {
     match path {
-        Some(p) => outrigger_config::load(p),
-        None => outrigger_config::builtin(),
+        Some(p) => outrigger_config::load_checked(p),
+        None => outrigger_config::builtin().map(|config| outrigger_config::Checked {
+            config,
+            warnings: Vec::new(),
+        }),
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match outrigger_config::load(path) {
-        Ok(config) => {
-            println!("{} is valid.\n", path.display());
-            print!("{}", summary(&config));
+fn check(path: &Path, deny_warnings: bool) -> ExitCode {
+    match outrigger_config::load_checked(path) {
+        Ok(checked) => {
+            for w in &checked.warnings {
+                eprintln!("warning: {w}");
+            }
+            let n = checked.warnings.len();
+            if deny_warnings && n > 0 {
+                eprintln!(
+                    "{n} warning{} in {} (--deny-warnings)",
+                    if n == 1 { "" } else { "s" },
+                    path.display()
+                );
+                return ExitCode::from(1);
+            }
+            let note = if n > 0 {
+                format!(" ({n} warning{} above)", if n == 1 { "" } else { "s" })
+            } else {
+                String::new()
+            };
+            println!("{} is valid{note}.\n", path.display());
+            print!("{}", summary(&checked.config));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -191,7 +215,7 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 }
 
 fn run(path: Option<PathBuf>, workers: Option<u16>) -> ExitCode {
-    let config = match load(path.as_ref()) {
+    let checked = match load(path.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -201,7 +225,11 @@ fn run(path: Option<PathBuf>, workers: Option<u16>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let config = checked.config;
     outrigger_telemetry::logging::init(config.telemetry.logs.level.as_str());
+    for w in &checked.warnings {
+        tracing::warn!(kind = "config", file = %w.file, line = w.pos.line, column = w.pos.column, setting = %w.path, fix = %w.fix, "Config warning: {}.", w.message);
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = workers {
