@@ -248,16 +248,18 @@ async fn a_hanging_endpoint_is_ejected_avoided_and_comes_back() {
     let a = Upstream::start(Mode::Ok).await;
     let b = Upstream::start(Mode::Ok).await;
     let od = "    outlier_detection: {consecutive_failures: 1, eject_for: 1s, max_ejected_percent: 50}\n";
-    let route = "    timeout: 5s\n    retry: {attempts: 3, per_try_timeout: 200ms, on: [timeout], backoff: {base: 1ms, max: 2ms}}\n";
+    // The per-try timeout is generous so that healthy endpoints on a loaded test machine never hit it.
+    let route = "    timeout: 20s\n    retry: {attempts: 3, per_try_timeout: 1s, on: [timeout], backoff: {base: 1ms, max: 2ms}}\n";
     let proxy = Outrigger::start(&yaml(&[hang.addr(), a.addr(), b.addr()], od, route));
     // Concurrent requests spread over all three endpoints until one lands on the hanging one.
     let deadline = Instant::now() + PATIENCE;
     while hang.requests() == 0 {
         assert!(Instant::now() < deadline, "the hanging endpoint never got a request");
         let replies = join_all((0..10).map(|_| request(&proxy, "GET", "/", Bytes::new()))).await;
+        let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
         assert!(
-            replies.iter().all(|r| r.status == 200),
-            "retries hide the hanging endpoint from callers"
+            statuses.iter().all(|s| *s == 200),
+            "retries hide the hanging endpoint from callers: {statuses:?}"
         );
     }
     let ejected = proxy.wait_for_log(|l| l["kind"] == "outlier").await;
@@ -539,4 +541,68 @@ async fn the_keepalive_race_is_retried_once_on_a_fresh_connection_and_explained(
     let reply = request(&proxy, "POST", "/", Bytes::from_static(b"x")).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.json()["code"], "upstream_reset");
+}
+
+#[tokio::test]
+async fn a_deadline_passing_mid_stream_resets_the_stream_never_a_504_after_200() {
+    let up = Upstream::start(Mode::Ok).await;
+    let proxy = Outrigger::start(&yaml(&[up.addr()], "    protocol: auto\n", "    timeout: 30s\n"));
+    let req = http::Request::post(proxy.url("/drip/30"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(Full::default())
+        .unwrap();
+    let resp = http2_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "the head arrived within the deadline");
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let started = Instant::now();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(body.is_err(), "the stream is reset, not ended as if complete");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "reset at the deadline, not after the 3 s stream"
+    );
+    let line = proxy.access_log(&id).await;
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["code"], "upstream_timeout");
+    assert!(
+        line["cause"]
+            .as_str()
+            .unwrap()
+            .contains("the deadline of 300ms passed while the response was streaming"),
+        "{line}"
+    );
+    let labels = ["error_type=\"upstream_timeout\"", "http_response_status_code=\"200\""];
+    assert_eq!(
+        proxy
+            .metric("http_server_request_duration_seconds_count", &labels)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn dns_names_are_resolved_and_followed() {
+    let up = Upstream::start(Mode::Ok).await;
+    let name = format!("localhost:{}", up.addr().port());
+    let yaml = format!(
+        "listeners:\n  - {{name: inbound, address: 127.0.0.1:0}}\nadmin: {{address: 127.0.0.1:0}}\n\
+         upstreams:\n  app:\n    endpoints: [\"{name}\"]\n    resolve_every: 200ms\n\
+         routes:\n  - name: api\n    match: {{path_prefix: /}}\n    upstream: app\n\
+         \x20   retry: {{attempts: 3, on: [connect_failure], backoff: {{base: 1ms, max: 2ms}}}}\n"
+    );
+    let proxy = Outrigger::start(&yaml);
+    let line = proxy.wait_for_log(|l| l["kind"] == "dns").await;
+    assert!(
+        line["endpoints"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{} (localhost)", up.addr().port())),
+        "{line}"
+    );
+    for _ in 0..10 {
+        // `localhost` may also resolve to ::1, where nothing listens: a connect-failure retry covers it.
+        assert_eq!(request(&proxy, "GET", "/", Bytes::new()).await.status, 200);
+    }
 }

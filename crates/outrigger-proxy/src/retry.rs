@@ -207,3 +207,110 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrigger_config::{Backoff, RetryBudget as BudgetCfg};
+
+    fn rt(attempts: u32, on: Vec<RetryOn>, ratio: f64, floor: f64) -> RetryRt {
+        let policy = Retry {
+            attempts,
+            per_try_timeout: None,
+            on,
+            retriable_status: vec![429],
+            idempotent_only: true,
+            replay_buffer_bytes: 1024,
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(40),
+            },
+            budget: BudgetCfg {
+                ratio,
+                min_per_second: floor,
+            },
+        };
+        let retries = IntCounterVec::new(prometheus::Opts::new("r", "r"), &["route", "reason"]).unwrap();
+        RetryRt::new("r", Some(policy), &retries, IntCounter::new("e", "e").unwrap())
+    }
+
+    #[test]
+    fn conditions_map_failures_and_statuses_to_reasons() {
+        let r = rt(3, vec![RetryOn::Gateway, RetryOn::ConnectFailure], 1.0, 10.0);
+        assert_eq!(
+            r.reason_for_failure(&ErrorKind::UpstreamConnectFailed { reason: String::new() }),
+            Some(Reason::ConnectFailure)
+        );
+        assert_eq!(
+            r.reason_for_failure(&ErrorKind::UpstreamReset),
+            None,
+            "reset is not listed"
+        );
+        let h = HeaderMap::new();
+        assert_eq!(
+            r.reason_for_response(StatusCode::BAD_GATEWAY, &h),
+            Some(Reason::Gateway)
+        );
+        assert_eq!(
+            r.reason_for_response(StatusCode::SERVICE_UNAVAILABLE, &h),
+            Some(Reason::Unavailable)
+        );
+        assert_eq!(
+            r.reason_for_response(StatusCode::TOO_MANY_REQUESTS, &h),
+            Some(Reason::Status)
+        );
+        assert_eq!(r.reason_for_response(StatusCode::INTERNAL_SERVER_ERROR, &h), None);
+        let mut grpc = HeaderMap::new();
+        grpc.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(
+            r.reason_for_response(StatusCode::OK, &grpc),
+            Some(Reason::Unavailable),
+            "trailers-only UNAVAILABLE"
+        );
+    }
+
+    #[test]
+    fn methods_and_attempts_gate_retries() {
+        let r = rt(2, vec![RetryOn::Reset], 1.0, 10.0);
+        assert_eq!(r.replay_limit(&Method::GET), Some(1024));
+        assert_eq!(r.replay_limit(&Method::POST), None);
+        assert!(
+            matches!(r.decide(2, Reason::Reset, Duration::from_secs(5), None), Decision::Stop),
+            "attempts used up"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_the_deadline_only() {
+        let r = rt(3, vec![RetryOn::Unavailable], 1.0, 10.0);
+        let wait = |after, remaining| match r.decide(1, Reason::Unavailable, remaining, after) {
+            Decision::RetryAfter(w, _) => Some(w),
+            _ => None,
+        };
+        assert_eq!(
+            wait(Some(Duration::from_secs(1)), Duration::from_secs(5)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            wait(Some(Duration::from_secs(9)), Duration::from_secs(5)),
+            None,
+            "past the deadline: give up now"
+        );
+        let jittered = wait(None, Duration::from_secs(5)).unwrap();
+        assert!(
+            jittered <= Duration::from_millis(10),
+            "first backoff is at most base: {jittered:?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_budget_refuses_and_counts() {
+        let r = rt(3, vec![RetryOn::Reset], 0.0, 0.0);
+        r.deposit();
+        assert!(matches!(
+            r.decide(1, Reason::Reset, Duration::from_secs(5), None),
+            Decision::BudgetExhausted
+        ));
+        assert_eq!(r.exhausted.get(), 1);
+    }
+}

@@ -8,9 +8,11 @@
 //! | `/bytes/N` | N bytes, streamed in 64 KiB chunks |
 //! | `/status/N` | status N |
 //! | `/trailers` | a body followed by trailers (`x-checksum: done`) |
+//! | `/drip/N` | N chunks of `tick\n`, 100 ms apart (a slow stream) |
 //! | `/ws` | a WebSocket echo |
 //! | anything else | `200 ok` |
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -35,6 +37,11 @@ pub(crate) enum TestBody {
     Generated { remaining: u64 },
     /// The request's own body.
     Echo(Incoming),
+    /// `left` chunks, one every 100 ms.
+    Drip {
+        left: u32,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
 }
 
 impl Body for TestBody {
@@ -57,6 +64,19 @@ impl Body for TestBody {
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
             }
             TestBody::Echo(b) => Pin::new(b).poll_frame(cx),
+            TestBody::Drip { left, timer } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let sleep =
+                    timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(100))));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *timer = None;
+                *left -= 1;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"tick\n")))))
+            }
         }
     }
 
@@ -65,6 +85,7 @@ impl Body for TestBody {
             TestBody::Fixed(d, t) => d.is_none() && t.is_none(),
             TestBody::Generated { remaining } => *remaining == 0,
             TestBody::Echo(b) => b.is_end_stream(),
+            TestBody::Drip { left, .. } => *left == 0,
         }
     }
 
@@ -74,6 +95,7 @@ impl Body for TestBody {
             TestBody::Fixed(..) => SizeHint::default(),
             TestBody::Generated { remaining } => SizeHint::with_exact(*remaining),
             TestBody::Echo(b) => b.size_hint(),
+            TestBody::Drip { left, .. } => SizeHint::with_exact(u64::from(*left) * 5),
         }
     }
 }
@@ -132,6 +154,12 @@ pub(crate) async fn answer(req: Request<Incoming>, mode: Mode) -> Response<TestB
             Some(Bytes::from_static(b"body before trailers")),
             Some(t),
         ));
+        r.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return r;
+    }
+    if let Some(n) = path.strip_prefix("/drip/").and_then(|n| n.parse::<u32>().ok()) {
+        let mut r = Response::new(TestBody::Drip { left: n, timer: None });
         r.headers_mut()
             .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return r;
