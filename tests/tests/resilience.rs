@@ -160,6 +160,7 @@ async fn the_breaker_opens_fails_fast_probes_and_closes_or_reopens_doubled() {
     assert_eq!(up.requests(), before, "no upstream call while open");
     let line = proxy.access_log(reply.header("x-request-id")).await;
     assert!(line.get("attempts").is_none(), "no attempt was made: {line}");
+    eprintln!("fail-fast while open took {} ms inside the proxy", line["duration_ms"]);
     assert_eq!(
         proxy
             .metric("outrigger_circuit_breaker_state", &["upstream=\"app\""])

@@ -4,7 +4,8 @@
 //! `code` (in JSON, metrics and the `outrigger-error` header), an HTTP status, a gRPC status,
 //! an impact class and whether a retry may help. Foreign errors (hyper, io) are converted
 //! where they happen, with the route and upstream attached, so the detail sentence can name
-//! them. Adding a code means adding a variant: every `match` below is exhaustive.
+//! them. The taxonomy is one table ([`ALL_SPECS`]); adding a code means a row there and a
+//! variant of [`ErrorKind`], and the exhaustive matches show what else to write.
 
 use std::time::Duration;
 
@@ -36,6 +37,53 @@ impl ErrorClass {
     }
 }
 
+/// The fixed facts of one error code: one row of DESIGN.md's table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// Stable snake_case code (JSON, metrics, the `outrigger-error` header).
+    pub code: &'static str,
+    /// HTTP status; `None` where it is configured (fault_injected) or kept (upstream_error).
+    pub status: Option<u16>,
+    /// gRPC status; `None` where it follows the HTTP status.
+    pub grpc: Option<u8>,
+    /// Who must act.
+    pub class: ErrorClass,
+    /// Whether the same request may succeed later.
+    pub retryable: bool,
+    /// A short title.
+    pub title: &'static str,
+}
+
+macro_rules! specs {
+    ($($name:ident = $code:literal, $status:expr, $grpc:expr, $class:ident, $retry:literal, $title:literal;)*) => {
+        $(const $name: Spec = Spec { code: $code, status: $status, grpc: $grpc, class: ErrorClass::$class, retryable: $retry, title: $title };)*
+        /// Every error code, in DESIGN.md's order.
+        pub const ALL_SPECS: &[&Spec] = &[$(&$name),*];
+    };
+}
+
+// The whole taxonomy. Adding a code: a row here, a variant in `ErrorKind`, its arm in
+// `ErrorKind::spec` and its sentence in `ProxyError::detail` (the compiler finds both).
+specs! {
+    BAD_REQUEST = "bad_request", Some(400), Some(13), Client, false, "Bad request";
+    ROUTE_NOT_FOUND = "route_not_found", Some(404), Some(12), Client, false, "No route for this request";
+    METHOD_NOT_ALLOWED = "method_not_allowed", Some(405), Some(12), Client, false, "Method not allowed";
+    REQUEST_TIMEOUT = "request_timeout", Some(408), Some(4), Client, false, "Request too slow";
+    PAYLOAD_TOO_LARGE = "payload_too_large", Some(413), Some(8), Client, false, "Request body too large";
+    HEADER_TOO_LARGE = "header_too_large", Some(431), Some(8), Client, false, "Request headers too large";
+    UPSTREAM_CONNECT_FAILED = "upstream_connect_failed", Some(503), Some(14), Upstream, true, "Could not connect to upstream";
+    UPSTREAM_RESET = "upstream_reset", Some(502), Some(14), Upstream, true, "Upstream closed the connection";
+    UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error", Some(502), Some(13), Upstream, false, "Upstream sent an invalid response";
+    UPSTREAM_TIMEOUT = "upstream_timeout", Some(504), Some(4), Upstream, true, "Upstream timed out";
+    UPSTREAM_ERROR = "upstream_error", None, None, Upstream, true, "Upstream failed";
+    CIRCUIT_OPEN = "circuit_open", Some(503), Some(14), Upstream, true, "Circuit breaker open";
+    NO_HEALTHY_ENDPOINTS = "no_healthy_endpoints", Some(503), Some(14), Upstream, true, "No healthy upstream endpoints";
+    OVERLOADED = "overloaded", Some(503), Some(14), Proxy, true, "Proxy overloaded";
+    SHUTTING_DOWN = "shutting_down", Some(503), Some(14), Proxy, true, "Proxy shutting down";
+    FAULT_INJECTED = "fault_injected", None, None, Proxy, false, "Fault injected";
+    INTERNAL = "internal", Some(500), Some(13), Proxy, false, "Internal proxy error";
+}
+
 /// What went wrong, with the facts the detail sentence needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -46,6 +94,21 @@ pub enum ErrorKind {
     },
     /// No route matches.
     RouteNotFound,
+    /// A route matches everything but the method.
+    MethodNotAllowed {
+        /// The methods the matching routes allow, for the `Allow` header.
+        allowed: Vec<http::Method>,
+    },
+    /// The client stopped sending its request body.
+    RequestTimeout {
+        /// How long it was silent.
+        idle: Duration,
+    },
+    /// The request body is larger than the route allows.
+    PayloadTooLarge {
+        /// The route's `max_body_bytes`.
+        limit: u64,
+    },
     /// The request head is larger than the listener allows.
     HeaderTooLarge {
         /// The listener's limit.
@@ -64,6 +127,11 @@ pub enum ErrorKind {
     UpstreamTimeout {
         /// The timeout that expired.
         after: Duration,
+    },
+    /// The upstream answered 5xx with a body that is not problem+json: the body is replaced.
+    UpstreamError {
+        /// The upstream's status, kept.
+        status: u16,
     },
     /// The upstream's circuit breaker is open (or half-open with every probe slot taken).
     CircuitOpen {
@@ -87,13 +155,50 @@ pub enum ErrorKind {
         /// The limit.
         limit: usize,
     },
+    /// The proxy is draining for shutdown.
+    ShuttingDown,
     /// A configured fault rehearsal answered instead of the upstream.
     FaultInjected {
         /// The status configured or asked for.
         status: u16,
     },
     /// A bug in outrigger.
-    Internal,
+    Internal {
+        /// What went wrong, for the error log (never shown to the caller).
+        context: String,
+    },
+}
+
+impl ErrorKind {
+    /// The row of the taxonomy this error belongs to.
+    pub fn spec(&self) -> &'static Spec {
+        match self {
+            ErrorKind::BadRequest { .. } => &BAD_REQUEST,
+            ErrorKind::RouteNotFound => &ROUTE_NOT_FOUND,
+            ErrorKind::MethodNotAllowed { .. } => &METHOD_NOT_ALLOWED,
+            ErrorKind::RequestTimeout { .. } => &REQUEST_TIMEOUT,
+            ErrorKind::PayloadTooLarge { .. } => &PAYLOAD_TOO_LARGE,
+            ErrorKind::HeaderTooLarge { .. } => &HEADER_TOO_LARGE,
+            ErrorKind::UpstreamConnectFailed { .. } => &UPSTREAM_CONNECT_FAILED,
+            ErrorKind::UpstreamReset => &UPSTREAM_RESET,
+            ErrorKind::UpstreamProtocolError => &UPSTREAM_PROTOCOL_ERROR,
+            ErrorKind::UpstreamTimeout { .. } => &UPSTREAM_TIMEOUT,
+            ErrorKind::UpstreamError { .. } => &UPSTREAM_ERROR,
+            ErrorKind::CircuitOpen { .. } | ErrorKind::CircuitSaturated { .. } => &CIRCUIT_OPEN,
+            ErrorKind::NoHealthyEndpoints { .. } => &NO_HEALTHY_ENDPOINTS,
+            ErrorKind::Overloaded { .. } => &OVERLOADED,
+            ErrorKind::ShuttingDown => &SHUTTING_DOWN,
+            ErrorKind::FaultInjected { .. } => &FAULT_INJECTED,
+            ErrorKind::Internal { .. } => &INTERNAL,
+        }
+    }
+
+    /// An internal error with the context for the log.
+    pub fn internal(context: impl Into<String>) -> Self {
+        ErrorKind::Internal {
+            context: context.into(),
+        }
+    }
 }
 
 /// A failure of one request, with where it happened.
@@ -122,116 +227,43 @@ impl ProxyError {
 
     /// The stable code.
     pub fn code(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::BadRequest { .. } => "bad_request",
-            ErrorKind::RouteNotFound => "route_not_found",
-            ErrorKind::HeaderTooLarge { .. } => "header_too_large",
-            ErrorKind::UpstreamConnectFailed { .. } => "upstream_connect_failed",
-            ErrorKind::UpstreamReset => "upstream_reset",
-            ErrorKind::UpstreamProtocolError => "upstream_protocol_error",
-            ErrorKind::UpstreamTimeout { .. } => "upstream_timeout",
-            ErrorKind::CircuitOpen { .. } | ErrorKind::CircuitSaturated { .. } => "circuit_open",
-            ErrorKind::NoHealthyEndpoints { .. } => "no_healthy_endpoints",
-            ErrorKind::Overloaded { .. } => "overloaded",
-            ErrorKind::FaultInjected { .. } => "fault_injected",
-            ErrorKind::Internal => "internal",
-        }
+        self.kind.spec().code
     }
 
     /// The HTTP status of the error response.
     pub fn status(&self) -> StatusCode {
-        match self.kind {
-            ErrorKind::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ErrorKind::RouteNotFound => StatusCode::NOT_FOUND,
-            ErrorKind::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorKind::UpstreamConnectFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::UpstreamReset | ErrorKind::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
-            ErrorKind::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::CircuitOpen { .. }
-            | ErrorKind::CircuitSaturated { .. }
-            | ErrorKind::NoHealthyEndpoints { .. }
-            | ErrorKind::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::FaultInjected { status } => {
-                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-            }
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        let code = match self.kind {
+            ErrorKind::FaultInjected { status } | ErrorKind::UpstreamError { status } => status,
+            _ => self.kind.spec().status.unwrap_or(500),
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The gRPC status code for gRPC callers.
     pub fn grpc_status(&self) -> u8 {
-        const DEADLINE_EXCEEDED: u8 = 4;
-        const RESOURCE_EXHAUSTED: u8 = 8;
-        const UNIMPLEMENTED: u8 = 12;
-        const INTERNAL: u8 = 13;
-        const UNAVAILABLE: u8 = 14;
-        match self.kind {
-            ErrorKind::BadRequest { .. } | ErrorKind::UpstreamProtocolError | ErrorKind::Internal => INTERNAL,
-            ErrorKind::RouteNotFound => UNIMPLEMENTED,
-            ErrorKind::HeaderTooLarge { .. } => RESOURCE_EXHAUSTED,
-            ErrorKind::UpstreamConnectFailed { .. }
-            | ErrorKind::UpstreamReset
-            | ErrorKind::CircuitOpen { .. }
-            | ErrorKind::CircuitSaturated { .. }
-            | ErrorKind::NoHealthyEndpoints { .. }
-            | ErrorKind::Overloaded { .. } => UNAVAILABLE,
-            ErrorKind::UpstreamTimeout { .. } => DEADLINE_EXCEEDED,
-            ErrorKind::FaultInjected { status } => grpc_status_for_http(status),
-        }
+        self.kind
+            .spec()
+            .grpc
+            .unwrap_or_else(|| grpc_status_for_http(self.status().as_u16()))
     }
 
     /// Who has to act.
     pub fn class(&self) -> ErrorClass {
-        match self.kind {
-            ErrorKind::BadRequest { .. } | ErrorKind::RouteNotFound | ErrorKind::HeaderTooLarge { .. } => {
-                ErrorClass::Client
-            }
-            ErrorKind::UpstreamConnectFailed { .. }
-            | ErrorKind::UpstreamReset
-            | ErrorKind::UpstreamProtocolError
-            | ErrorKind::UpstreamTimeout { .. }
-            | ErrorKind::CircuitOpen { .. }
-            | ErrorKind::CircuitSaturated { .. }
-            | ErrorKind::NoHealthyEndpoints { .. } => ErrorClass::Upstream,
-            ErrorKind::Overloaded { .. } | ErrorKind::FaultInjected { .. } | ErrorKind::Internal => ErrorClass::Proxy,
-        }
+        self.kind.spec().class
     }
 
     /// Whether the same request may succeed if sent again.
     pub fn retryable(&self) -> bool {
         match self.kind {
-            ErrorKind::UpstreamConnectFailed { .. }
-            | ErrorKind::UpstreamReset
-            | ErrorKind::UpstreamTimeout { .. }
-            | ErrorKind::CircuitOpen { .. }
-            | ErrorKind::CircuitSaturated { .. }
-            | ErrorKind::NoHealthyEndpoints { .. }
-            | ErrorKind::Overloaded { .. } => true,
-            ErrorKind::BadRequest { .. }
-            | ErrorKind::RouteNotFound
-            | ErrorKind::HeaderTooLarge { .. }
-            | ErrorKind::UpstreamProtocolError
-            | ErrorKind::FaultInjected { .. }
-            | ErrorKind::Internal => false,
+            // A 501 or 505 from the upstream will not change on a retry.
+            ErrorKind::UpstreamError { status } => matches!(status, 500 | 502 | 503 | 504),
+            _ => self.kind.spec().retryable,
         }
     }
 
     /// A short, stable title.
     pub fn title(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::BadRequest { .. } => "Bad request",
-            ErrorKind::RouteNotFound => "No route for this request",
-            ErrorKind::HeaderTooLarge { .. } => "Request headers too large",
-            ErrorKind::UpstreamConnectFailed { .. } => "Could not connect to upstream",
-            ErrorKind::UpstreamReset => "Upstream closed the connection",
-            ErrorKind::UpstreamProtocolError => "Upstream sent an invalid response",
-            ErrorKind::UpstreamTimeout { .. } => "Upstream timed out",
-            ErrorKind::CircuitOpen { .. } | ErrorKind::CircuitSaturated { .. } => "Circuit breaker open",
-            ErrorKind::NoHealthyEndpoints { .. } => "No healthy upstream endpoints",
-            ErrorKind::Overloaded { .. } => "Proxy overloaded",
-            ErrorKind::FaultInjected { .. } => "Fault injected",
-            ErrorKind::Internal => "Internal proxy error",
-        }
+        self.kind.spec().title
     }
 
     fn upstream_name(&self) -> &str {
@@ -246,6 +278,19 @@ impl ProxyError {
             }
             ErrorKind::RouteNotFound => {
                 "No route matches this request's host, path and method; nothing was forwarded.".to_owned()
+            }
+            ErrorKind::MethodNotAllowed { allowed } => {
+                let list: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+                format!("This path only takes {}; nothing was forwarded.", list.join(", "))
+            }
+            ErrorKind::RequestTimeout { idle } => {
+                format!(
+                    "The client sent nothing of its request body for {}; the request was abandoned.",
+                    humanize(*idle)
+                )
+            }
+            ErrorKind::PayloadTooLarge { limit } => {
+                format!("The request body is larger than this route's limit of {limit} bytes (max_body_bytes).")
             }
             ErrorKind::HeaderTooLarge { limit } => {
                 format!("The request line and headers are larger than this listener's limit of {limit} bytes.")
@@ -309,7 +354,14 @@ impl ProxyError {
                     self.upstream_name()
                 )
             }
-            ErrorKind::Internal => {
+            ErrorKind::UpstreamError { status } => format!(
+                "The service '{}' failed with status {status}; its response body was withheld because it may hold internal details.",
+                self.upstream_name()
+            ),
+            ErrorKind::ShuttingDown => {
+                "This outrigger instance is shutting down; send the request to another instance.".to_owned()
+            }
+            ErrorKind::Internal { .. } => {
                 "outrigger hit an internal error while handling this request; it has been logged.".to_owned()
             }
         }
@@ -323,13 +375,51 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match &self.kind {
             ErrorKind::CircuitOpen { retry_after, .. } => Some(retry_after.as_millis().div_ceil(1000).max(1) as u64),
-            ErrorKind::CircuitSaturated { .. } | ErrorKind::Overloaded { .. } => Some(1),
+            ErrorKind::CircuitSaturated { .. } | ErrorKind::Overloaded { .. } | ErrorKind::ShuttingDown => Some(1),
             _ => None,
         }
     }
 }
 
 pub use outrigger_resilience::humanize;
+
+/// One error of every code (both circuit variants), for tests and documentation checks.
+#[doc(hidden)]
+pub fn example_kinds() -> Vec<ErrorKind> {
+    vec![
+        ErrorKind::BadRequest {
+            reason: "it was malformed",
+        },
+        ErrorKind::RouteNotFound,
+        ErrorKind::MethodNotAllowed {
+            allowed: vec![http::Method::GET],
+        },
+        ErrorKind::RequestTimeout {
+            idle: Duration::from_secs(60),
+        },
+        ErrorKind::PayloadTooLarge { limit: 1024 },
+        ErrorKind::HeaderTooLarge { limit: 1024 },
+        ErrorKind::UpstreamConnectFailed {
+            reason: "the connection was refused".into(),
+        },
+        ErrorKind::UpstreamReset,
+        ErrorKind::UpstreamProtocolError,
+        ErrorKind::UpstreamTimeout {
+            after: Duration::from_secs(2),
+        },
+        ErrorKind::UpstreamError { status: 503 },
+        ErrorKind::CircuitOpen {
+            retry_after: Duration::from_millis(2100),
+            why: None,
+        },
+        ErrorKind::CircuitSaturated { limit: 10 },
+        ErrorKind::NoHealthyEndpoints { known: 3 },
+        ErrorKind::Overloaded { limit: 10 },
+        ErrorKind::ShuttingDown,
+        ErrorKind::FaultInjected { status: 503 },
+        ErrorKind::internal("example"),
+    ]
+}
 
 /// The gRPC status for an HTTP status (grpc `doc/http-grpc-status-mapping.md`).
 pub fn grpc_status_for_http(status: u16) -> u8 {
@@ -353,6 +443,8 @@ pub struct RenderContext<'a> {
     pub grpc: bool,
     /// `HEAD`: headers only.
     pub head: bool,
+    /// The client asked for HTML only.
+    pub html: bool,
     /// Prefix of the problem `type`.
     pub type_base: &'a str,
 }
@@ -375,10 +467,18 @@ pub fn render(err: &ProxyError, cx: &RenderContext<'_>) -> Response<ProxyBody> {
             .header("grpc-message", percent_encode_grpc(&err.detail()))
             .body(ProxyBody::empty())
     } else {
-        let body = problem_json(err, cx);
+        let (body, content_type) = if cx.html {
+            (html_page(err, cx), "text/html; charset=utf-8")
+        } else {
+            (problem_json(err, cx), "application/problem+json")
+        };
+        if let ErrorKind::MethodNotAllowed { allowed } = &err.kind {
+            let list: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+            builder = builder.header(http::header::ALLOW, list.join(", "));
+        }
         builder
             .status(err.status())
-            .header(CONTENT_TYPE, "application/problem+json")
+            .header(CONTENT_TYPE, content_type)
             .header(CONTENT_LENGTH, body.len())
             .body(if cx.head {
                 ProxyBody::empty()
@@ -393,6 +493,36 @@ pub fn render(err: &ProxyError, cx: &RenderContext<'_>) -> Response<ProxyBody> {
         *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         r
     })
+}
+
+/// A short page for browsers that asked for HTML only: the same facts, escaped.
+fn html_page(err: &ProxyError, cx: &RenderContext<'_>) -> Bytes {
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    }
+    let status = err.status();
+    Bytes::from(format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{status} {title}</title></head>\n<body><h1>{status} {title}</h1>\n<p>{detail}</p>\n<p>code: <code>{code}</code> · class: {class} · retryable: {retry} · request id: <code>{id}</code></p></body></html>\n",
+        status = status.as_u16(),
+        title = esc(err.title()),
+        detail = esc(&err.detail()),
+        code = err.code(),
+        class = err.class().as_str(),
+        retry = if err.retryable() { "yes" } else { "no" },
+        id = esc(cx.request_id),
+    ))
+}
+
+/// Whether a client asked for HTML and not JSON (a browser): `Accept: text/html`, with no
+/// JSON type and no `*/*` preferred over it.
+pub fn wants_html(accept: Option<&HeaderValue>) -> bool {
+    let Some(a) = accept.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    a.contains("text/html") && !a.contains("json")
 }
 
 fn problem_json(err: &ProxyError, cx: &RenderContext<'_>) -> Bytes {
@@ -435,51 +565,36 @@ fn percent_encode_grpc(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn all() -> Vec<ErrorKind> {
-        vec![
-            ErrorKind::BadRequest { reason: "x" },
-            ErrorKind::RouteNotFound,
-            ErrorKind::HeaderTooLarge { limit: 1 },
-            ErrorKind::UpstreamConnectFailed {
-                reason: "refused".into(),
-            },
-            ErrorKind::UpstreamReset,
-            ErrorKind::UpstreamProtocolError,
-            ErrorKind::UpstreamTimeout {
-                after: Duration::from_secs(2),
-            },
-            ErrorKind::CircuitOpen {
-                retry_after: Duration::from_millis(2100),
-                why: None,
-            },
-            ErrorKind::CircuitSaturated { limit: 10 },
-            ErrorKind::NoHealthyEndpoints { known: 3 },
-            ErrorKind::Overloaded { limit: 10 },
-            ErrorKind::FaultInjected { status: 503 },
-            ErrorKind::Internal,
-        ]
-    }
-
     /// DESIGN.md's error table, row by row: code, HTTP status, gRPC status, class, retryable.
     #[test]
     fn every_code_matches_the_contract_table() {
         let table = [
             ("bad_request", 400, 13, "client", false),
             ("route_not_found", 404, 12, "client", false),
+            ("method_not_allowed", 405, 12, "client", false),
+            ("request_timeout", 408, 4, "client", false),
+            ("payload_too_large", 413, 8, "client", false),
             ("header_too_large", 431, 8, "client", false),
             ("upstream_connect_failed", 503, 14, "upstream", true),
             ("upstream_reset", 502, 14, "upstream", true),
             ("upstream_protocol_error", 502, 13, "upstream", false),
             ("upstream_timeout", 504, 4, "upstream", true),
-            ("circuit_open", 503, 14, "upstream", true),
+            ("upstream_error", 503, 14, "upstream", true),
             ("circuit_open", 503, 14, "upstream", true),
             ("no_healthy_endpoints", 503, 14, "upstream", true),
             ("overloaded", 503, 14, "proxy", true),
+            ("shutting_down", 503, 14, "proxy", true),
             ("fault_injected", 503, 14, "proxy", false),
             ("internal", 500, 13, "proxy", false),
         ];
-        for (kind, row) in all().into_iter().zip(table) {
-            let e = ProxyError::new(kind);
+        let examples = example_kinds();
+        assert_eq!(ALL_SPECS.len(), table.len(), "every spec has a row");
+        for row in table {
+            let kind = examples
+                .iter()
+                .find(|k| k.spec().code == row.0)
+                .unwrap_or_else(|| panic!("no example of {}", row.0));
+            let e = ProxyError::new(kind.clone());
             assert_eq!(
                 (
                     e.code(),
@@ -506,6 +621,7 @@ mod tests {
             path: "/checkout",
             grpc: false,
             head: false,
+            html: false,
             type_base: "urn:outrigger:error:",
         };
         let resp = render(&e, &cx);
@@ -530,11 +646,36 @@ mod tests {
             path: "/x",
             grpc: true,
             head: false,
+            html: false,
             type_base: "",
         };
         let resp = render(&e, &cx);
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["grpc-status"], "12");
         assert_eq!(percent_encode_grpc("a%b é"), "a%25b %C3%A9");
+    }
+
+    #[test]
+    fn browsers_asking_for_html_get_an_escaped_page() {
+        assert!(wants_html(Some(&HeaderValue::from_static(
+            "text/html,application/xhtml+xml;q=0.9"
+        ))));
+        assert!(!wants_html(Some(&HeaderValue::from_static(
+            "application/json, text/html"
+        ))));
+        assert!(!wants_html(None));
+        let e = ProxyError::new(ErrorKind::BadRequest { reason: "<script>" });
+        let cx = RenderContext {
+            request_id: "a<b",
+            path: "/",
+            grpc: false,
+            head: false,
+            html: true,
+            type_base: "",
+        };
+        let page = html_page(&e, &cx);
+        let text = std::str::from_utf8(&page).unwrap();
+        assert!(text.contains("&lt;script&gt;") && !text.contains("<script>"), "{text}");
+        assert_eq!(render(&e, &cx).headers()["content-type"], "text/html; charset=utf-8");
     }
 }

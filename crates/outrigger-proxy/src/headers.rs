@@ -104,6 +104,23 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
     }
 }
 
+/// Whether every `%` in `path` starts a valid escape (`%` and two hex digits).
+pub fn valid_percent_encoding(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            match (b.get(i + 1), b.get(i + 2)) {
+                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
 /// The size of the request head as a client sent it: request line and header lines.
 pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
     let line = method.as_str().len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
@@ -162,6 +179,15 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn percent_escapes_must_be_complete() {
+        assert!(valid_percent_encoding("/a%20b/%2F"));
+        assert!(!valid_percent_encoding("/a%2"));
+        assert!(!valid_percent_encoding("/a%zz"));
+        assert!(!valid_percent_encoding("/%"));
+        assert!(valid_percent_encoding("/plain"));
     }
 
     #[test]

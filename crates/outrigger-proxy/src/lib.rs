@@ -169,6 +169,8 @@ impl Proxy {
             if has_inbound { "" } else { " (no inbound listener)" }
         );
         tokio::time::sleep(config.drain.delay).await;
+        // From here on, requests that still reach an inbound connection are told to go elsewhere.
+        shared.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
         let finished = tokio::time::timeout(config.drain.timeout, alive_rx.recv())
             .await

@@ -102,6 +102,10 @@ pub(crate) struct Completion {
     pub(crate) notes: Vec<String>,
     /// The fault injected, as `delay=500ms,abort=503`.
     pub(crate) fault: Option<String>,
+    /// A replaced upstream 5xx body: its length (when declared) and content type.
+    pub(crate) upstream_body: Option<(Option<u64>, Option<String>)>,
+    /// The client asked for HTML error pages.
+    pub(crate) wants_html: bool,
     /// The fallback served, by the code it stands in for.
     pub(crate) fallback: Option<&'static str>,
     /// The listener's in-flight slot, held until the response is done.
@@ -135,6 +139,8 @@ impl Completion {
             notes: Vec::new(),
             fault: None,
             fallback: None,
+            upstream_body: None,
+            wants_html: crate::error::wants_html(req.headers().get(http::header::ACCEPT)),
             admitted: None,
             body_error: None,
             body_code: None,
@@ -223,6 +229,13 @@ impl Completion {
     }
 
     fn record(&mut self) {
+        if std::thread::panicking() && self.status.is_none() {
+            // The handler panicked: the caller gets a 500 from the panic guard.
+            self.status = Some(500);
+            self.error = Some(ProxyError::new(crate::error::ErrorKind::internal(
+                "the request handler panicked",
+            )));
+        }
         let duration = self.start.elapsed();
         let route_name = self.route.as_ref().map_or("", |r| &*r.name);
         let (code, class): (Option<&str>, Option<&str>) = match (&self.error, self.status) {
@@ -260,7 +273,7 @@ impl Completion {
                 let level = match e.class() {
                     ErrorClass::Client => Level::INFO,
                     ErrorClass::Upstream => Level::WARN,
-                    ErrorClass::Proxy if matches!(e.kind, crate::error::ErrorKind::Internal) => Level::ERROR,
+                    ErrorClass::Proxy if matches!(e.kind, crate::error::ErrorKind::Internal { .. }) => Level::ERROR,
                     ErrorClass::Proxy => Level::WARN,
                 };
                 (level, e.detail())
@@ -333,6 +346,13 @@ impl Completion {
         }
         if let Some(fault) = &self.fault {
             f.insert("fault".into(), fault.as_str().into());
+        }
+        if let Some((len, ty)) = &self.upstream_body {
+            f.insert("upstream_body_bytes".into(), len.map_or(Value::Null, Value::from));
+            f.insert(
+                "upstream_content_type".into(),
+                ty.as_deref().map_or(Value::Null, Value::from),
+            );
         }
         if let Some(code) = self.fallback {
             f.insert("fallback".into(), code.into());

@@ -13,7 +13,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::body::{BoxError, ClientBody};
 
 struct Shared {
     /// Chunks read from the client so far (while within the limit).
@@ -23,7 +24,7 @@ struct Shared {
     /// The limit was passed: no replay possible.
     overflowed: bool,
     /// The client's body, until it ends.
-    source: Option<Incoming>,
+    source: Option<ClientBody>,
     trailers: Option<HeaderMap>,
     size_hint: SizeHint,
 }
@@ -38,7 +39,7 @@ pub struct ReplayBody {
 
 impl ReplayBody {
     /// Wraps the client's body, keeping up to `limit` bytes for replays.
-    pub fn new(body: Incoming, limit: usize) -> Self {
+    pub fn new(body: ClientBody, limit: usize) -> Self {
         let size_hint = body.size_hint();
         let overflowed = size_hint.lower() > limit as u64;
         let shared = Shared {
@@ -79,9 +80,9 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 
 impl Body for ReplayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let mut s = lock(&this.shared);
         if let Some(chunk) = s.chunks.get(this.next).cloned() {

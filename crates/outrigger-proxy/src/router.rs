@@ -48,6 +48,23 @@ impl<R> Router<R> {
             .map(|(route, _, data)| (route, data))
     }
 
+    /// When no route matched: the methods of the routes that match everything but the
+    /// method (empty when none does, i.e. the answer is 404, not 405).
+    pub fn allowed_methods(&self, req: &Request<'_>, q: &RouteQuery<'_>) -> Vec<Method> {
+        let mut allowed: Vec<Method> = Vec::new();
+        for (route, listeners, _) in &self.routes {
+            let on_listener = listeners.is_empty() || listeners.contains(&q.listener);
+            if on_listener && !route.matcher.methods.is_empty() && matches_except_method(route, req, q) {
+                for m in &route.matcher.methods {
+                    if !allowed.contains(m) {
+                        allowed.push(m.clone());
+                    }
+                }
+            }
+        }
+        allowed
+    }
+
     /// Every route, in order.
     pub fn routes(&self) -> impl Iterator<Item = (&Route, &R)> {
         self.routes.iter().map(|(r, _, d)| (r, d))
@@ -55,6 +72,11 @@ impl<R> Router<R> {
 }
 
 fn matches(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
+    let m = &route.matcher;
+    (m.methods.is_empty() || m.methods.contains(req.method)) && matches_except_method(route, req, q)
+}
+
+fn matches_except_method(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
     let m = &route.matcher;
     // Proxy-style requests name their destination; only a route that names that host may
     // take them, so outrigger never becomes an open proxy.
@@ -72,9 +94,6 @@ fn matches(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
         return false;
     }
     if m.path_regex.as_ref().is_some_and(|r| !r.is_match(path)) {
-        return false;
-    }
-    if !m.methods.is_empty() && !m.methods.contains(req.method) {
         return false;
     }
     m.headers

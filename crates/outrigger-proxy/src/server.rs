@@ -2,6 +2,9 @@
 //! the same port, enforcing the listener's limits, and draining on shutdown.
 
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -100,10 +103,21 @@ async fn serve_connection(
         activity: activity.clone(),
     });
     let active = ctx.active.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(shared.handle(req, ctx).await) }
+        async move {
+            let (id, version) = (crate::headers::request_id(req.headers()), req.version());
+            // A bug in one request must not take the connection, let alone the proxy, down.
+            let answer = match AssertUnwindSafe(shared.clone().handle(req, ctx, id.clone()))
+                .catch_unwind()
+                .await
+            {
+                Ok(response) => response,
+                Err(panic) => shared.panicked(&id, version, panic.as_ref()),
+            };
+            Ok::<_, Infallible>(answer)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);

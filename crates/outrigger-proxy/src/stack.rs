@@ -36,7 +36,7 @@ use outrigger_resilience::deadline::{format_grpc_timeout, parse_grpc_timeout};
 use outrigger_telemetry::Metrics;
 
 use crate::balance::Health;
-use crate::body::{ProxyBody, RequestBody, ResponseBody};
+use crate::body::{ClientBody, ProxyBody, RequestBody, ResponseBody};
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
 use crate::fault::{self, FAULT_HEADER};
 use crate::headers::{self, X_REQUEST_ID};
@@ -57,6 +57,7 @@ pub struct RouteRt {
     /// The whole request, retries included, must get its response head within this.
     pub timeout: Duration,
     pub(crate) in_flight: IntGauge,
+    max_body_bytes: Option<u64>,
     retry: RetryRt,
     fallback: Option<FallbackRt>,
     fault: Option<Fault>,
@@ -80,6 +81,8 @@ pub struct ListenerRt {
     pub max_header_bytes: usize,
     max_in_flight: usize,
     in_flight: Arc<AtomicUsize>,
+    /// A client body that sends nothing for this long is cut off (408).
+    body_idle: Duration,
 }
 
 /// One request counted against its listener's `max_in_flight` until dropped.
@@ -109,6 +112,12 @@ pub struct Shared {
     pub(crate) metrics: Metrics,
     type_base: Arc<str>,
     pub(crate) access_log: bool,
+    /// Test hook: a request for exactly this path panics (`OUTRIGGER_TEST_PANIC_PATH`), to
+    /// prove a bug in one request cannot take the proxy down. Unset in production.
+    panic_path: Option<String>,
+    normalize_5xx: bool,
+    /// Set once draining has passed `drain.delay`: inbound requests get `shutting_down`.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 /// Facts about the client connection a request arrived on.
@@ -152,6 +161,7 @@ impl Shared {
                     upstream: upstreams[i].clone(),
                     timeout: r.timeout,
                     in_flight: metrics.in_flight.with_label_values(&[name]),
+                    max_body_bytes: r.max_body_bytes,
                     retry: RetryRt::new(
                         name,
                         r.retry.clone(),
@@ -182,12 +192,18 @@ impl Shared {
                     max_header_bytes: l.limits.max_header_bytes,
                     max_in_flight: l.limits.max_in_flight,
                     in_flight: Arc::new(AtomicUsize::new(0)),
+                    body_idle: l.limits.idle_timeout,
                 })
                 .collect(),
             upstreams,
             metrics,
             type_base: config.errors.type_base.as_str().into(),
             access_log: config.telemetry.logs.access_log,
+            panic_path: std::env::var("OUTRIGGER_TEST_PANIC_PATH")
+                .ok()
+                .filter(|p| p.starts_with('/')),
+            normalize_5xx: config.errors.normalize_upstream_5xx,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -197,16 +213,30 @@ impl Shared {
     }
 
     /// Serves one request. Never fails: every failure becomes a response.
-    pub async fn handle(self: Arc<Self>, mut req: Request<Incoming>, conn: Arc<ConnCtx>) -> Response<ResponseBody> {
+    /// `request_id` is the sane inbound `x-request-id` or a new one ([`headers::request_id`]).
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: Arc<ConnCtx>,
+        request_id: HeaderValue,
+    ) -> Response<ResponseBody> {
         // --- context ---
-        let request_id = headers::request_id(req.headers());
         let mut done = Completion::start(self.clone(), &req, request_id.clone(), conn.active.clone());
         let grpc = is_grpc(req.headers());
         let Some(listener) = self.listeners.get(conn.listener) else {
-            return self.fail(done, ProxyError::new(ErrorKind::Internal), grpc);
+            return self.fail(
+                done,
+                ProxyError::new(ErrorKind::internal(
+                    "the connection names a listener this config does not have",
+                )),
+                grpc,
+            );
         };
 
         // --- admission ---
+        if listener.role == Role::Inbound && self.draining.load(Ordering::Relaxed) {
+            return self.fail(done, ProxyError::new(ErrorKind::ShuttingDown), grpc);
+        }
         let Some(admitted) = listener.admit() else {
             return self.fail(
                 done,
@@ -227,6 +257,10 @@ impl Shared {
                 limit: listener.max_header_bytes,
             });
             return self.fail(done, err, grpc);
+        }
+        if !headers::valid_percent_encoding(req.uri().path()) {
+            let reason = "its path has a `%` not followed by two hex digits";
+            return self.fail(done, ProxyError::new(ErrorKind::BadRequest { reason }), grpc);
         }
 
         // --- route ---
@@ -251,9 +285,23 @@ impl Shared {
             headers: req.headers(),
         };
         let Some(route) = self.router.find(&request, &query).map(|(_, rt)| rt.clone()) else {
-            return self.fail(done, ProxyError::new(ErrorKind::RouteNotFound), grpc);
+            let allowed = self.router.allowed_methods(&request, &query);
+            let kind = if allowed.is_empty() {
+                ErrorKind::RouteNotFound
+            } else {
+                ErrorKind::MethodNotAllowed { allowed }
+            };
+            return self.fail(done, ProxyError::new(kind), grpc);
         };
         done.set_route(route.clone());
+        if let Some(limit) = route.max_body_bytes
+            && req.body().size_hint().lower() > limit
+        {
+            return self.fail(done, located(ErrorKind::PayloadTooLarge { limit }, &route), grpc);
+        }
+        if self.panic_path.as_deref() == Some(req.uri().path()) {
+            panic!("OUTRIGGER_TEST_PANIC_PATH requested a panic for {}", req.uri().path());
+        }
 
         // --- fault ---
         if let Some(f) = &route.fault {
@@ -290,7 +338,9 @@ impl Shared {
         let (mut parts, body) = req.into_parts();
         rewrite(&mut parts, absolute_form, listener.role, conn.peer, &request_id);
         let replay_limit = route.retry.replay_limit(&parts.method);
-        let (mut first_body, replay) = if body.is_end_stream() {
+        let empty = body.is_end_stream();
+        let body = ClientBody::new(body, route.max_body_bytes, listener.body_idle);
+        let (mut first_body, replay) = if empty {
             (Some(RequestBody::Empty), None)
         } else if let Some(limit) = replay_limit.filter(|l| body.size_hint().lower() <= *l as u64) {
             let handle = ReplayBody::new(body, limit);
@@ -330,7 +380,12 @@ impl Shared {
                 None => match replay.as_ref().and_then(ReplayBody::replay) {
                     Some(r) => RequestBody::Replay(r),
                     // Cannot happen: the loop only continues when a replay exists.
-                    None => break Tried::Failed(located(ErrorKind::Internal, &route)),
+                    None => {
+                        break Tried::Failed(located(
+                            ErrorKind::internal("a retry was started without a replayable body"),
+                            &route,
+                        ));
+                    }
                 },
             };
             let mut attempt_req = Request::new(body);
@@ -496,10 +551,13 @@ impl Shared {
             Tried::Answered(a) => a,
         };
         let status = answer.response.status();
-        if status.is_server_error()
-            && let Some(fb) = &route.fallback
-        {
-            return self.fallback(done, &route, fb, "upstream_error", None);
+        if status.is_server_error() {
+            if let Some(fb) = &route.fallback {
+                return self.fallback(done, &route, fb, "upstream_error", None);
+            }
+            if self.normalize_5xx && !is_problem_json(answer.response.headers()) {
+                return self.normalized(done, &route, answer, grpc);
+            }
         }
 
         // --- respond ---
@@ -524,6 +582,49 @@ impl Shared {
             body
         };
         Response::from_parts(head, body)
+    }
+
+    /// An upstream 5xx whose body is not problem+json: keep the status and headers, replace
+    /// the body (it may hold stack traces, SQL, secrets) with problem+json `upstream_error`,
+    /// and log only the original body's length and type.
+    fn normalized(
+        &self,
+        mut done: Completion,
+        route: &RouteRt,
+        answer: AttemptResponse,
+        grpc: bool,
+    ) -> Response<ResponseBody> {
+        let (head, _dropped_body) = answer.response.into_parts();
+        let status = head.status.as_u16();
+        done.upstream_body = Some((
+            head.headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            head.headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ));
+        let mut response = self.fail(done, located(ErrorKind::UpstreamError { status }, route), grpc);
+        if !grpc {
+            let mut kept = head.headers;
+            headers::strip_hop_by_hop(&mut kept, false);
+            for name in [
+                CONTENT_LENGTH,
+                CONTENT_TYPE,
+                http::header::CONTENT_ENCODING,
+                http::header::TRANSFER_ENCODING,
+            ] {
+                kept.remove(name);
+            }
+            for (name, value) in kept {
+                if let Some(name) = name {
+                    response.headers_mut().entry(name).or_insert(value);
+                }
+            }
+        }
+        response
     }
 
     fn fallback(
@@ -561,20 +662,59 @@ impl Shared {
             path: done.uri.path(),
             grpc,
             head: done.method == Method::HEAD,
+            html: done.wants_html,
             type_base: &self.type_base,
         };
         let mut response = error::render(&err, &cx);
         *response.version_mut() = done.version;
         let (mut parts, body) = response.into_parts();
-        if matches!(err.kind, ErrorKind::BadRequest { .. }) && done.version <= Version::HTTP_11 {
+        if matches!(err.kind, ErrorKind::BadRequest { .. } | ErrorKind::ShuttingDown)
+            && done.version <= Version::HTTP_11
+        {
             // After a malformed request the rest of the connection cannot be trusted.
             parts
                 .headers
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let ErrorKind::Internal { context } = &err.kind {
+            self.metrics.internal_errors.inc();
+            tracing::error!(kind = "internal", request_id = %done.request_id.to_str().unwrap_or(""), context = %context,
+                "Bug in outrigger while serving {} {}: {context}. The request was answered 500; please report this line.", done.method, done.uri.path());
+        }
         done.status = Some(parts.status.as_u16());
         done.error = Some(err);
         Response::from_parts(parts, ResponseBody::new(body, Some(done)))
+    }
+
+    /// The answer to a request whose handler panicked: 500 internal, counted and logged at
+    /// error level. The connection and the process carry on.
+    pub fn panicked(
+        &self,
+        request_id: &HeaderValue,
+        version: Version,
+        panic: &(dyn std::any::Any + Send),
+    ) -> Response<ResponseBody> {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_owned());
+        self.metrics.internal_errors.inc();
+        tracing::error!(kind = "internal", request_id = %request_id.to_str().unwrap_or(""), panic = %what,
+            "Bug in outrigger: a request handler panicked ({what}). The request was answered 500 and the proxy keeps serving; please report this line.");
+        let err = ProxyError::new(ErrorKind::internal(what));
+        let cx = RenderContext {
+            request_id: request_id.to_str().unwrap_or(""),
+            path: "",
+            grpc: false,
+            head: false,
+            html: false,
+            type_base: &self.type_base,
+        };
+        let mut response = error::render(&err, &cx);
+        *response.version_mut() = version;
+        let (parts, body) = response.into_parts();
+        Response::from_parts(parts, ResponseBody::new(body, None))
     }
 }
 
@@ -610,6 +750,12 @@ fn rewrite(parts: &mut Parts, absolute_form: bool, role: Role, peer: SocketAddr,
         parts.uri = Uri::from(pq);
     }
     parts.extensions = http::Extensions::new();
+}
+
+fn is_problem_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
 }
 
 fn is_grpc(headers: &http::HeaderMap) -> bool {

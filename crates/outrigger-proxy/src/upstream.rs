@@ -186,10 +186,8 @@ fn classify(e: SendError) -> AttemptFailure {
             let kind = if e.is_parse() || e.is_parse_status() {
                 ErrorKind::UpstreamProtocolError
             } else if e.is_user() && !e.is_canceled() {
-                // Our side of the exchange failed: the client's body broke off mid-upload.
-                ErrorKind::BadRequest {
-                    reason: "the request body ended before it was complete",
-                }
+                // Our side of the exchange failed: the client's body was cut off.
+                client_body_error(&e)
             } else {
                 ErrorKind::UpstreamReset
             };
@@ -197,4 +195,21 @@ fn classify(e: SendError) -> AttemptFailure {
         }
     };
     AttemptFailure { kind, conn }
+}
+
+/// What happened to the client's body, from the cause chain of hyper's error.
+fn client_body_error(e: &hyper::Error) -> ErrorKind {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(body) = err.downcast_ref::<crate::body::ClientBodyError>() {
+            return match body {
+                crate::body::ClientBodyError::TooLarge(limit) => ErrorKind::PayloadTooLarge { limit: *limit },
+                crate::body::ClientBodyError::Stalled(idle) => ErrorKind::RequestTimeout { idle: *idle },
+            };
+        }
+        source = err.source();
+    }
+    ErrorKind::BadRequest {
+        reason: "the request body ended before it was complete",
+    }
 }

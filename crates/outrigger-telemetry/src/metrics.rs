@@ -41,6 +41,8 @@ pub struct Metrics {
     pub faults_injected: IntCounterVec,
     /// `outrigger_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `outrigger_internal_errors_total`: bugs in outrigger, each answered 500 and logged at error.
+    pub internal_errors: prometheus::IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
@@ -166,6 +168,14 @@ impl Metrics {
                 &["route"],
             )?,
             config_reloads,
+            internal_errors: {
+                let c = prometheus::IntCounter::new(
+                    "outrigger_internal_errors_total",
+                    "Bugs in outrigger: requests answered 500 internal (see the error log).",
+                )?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             registry: r,
         })
     }

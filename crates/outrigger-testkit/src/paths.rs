@@ -8,6 +8,7 @@
 //! | `/bytes/N` | N bytes, streamed in 64 KiB chunks |
 //! | `/status/N` | status N |
 //! | `/trailers` | a body followed by trailers (`x-checksum: done`) |
+//! | `/problem/N` | status N with an `application/problem+json` body of the service's own |
 //! | `/drip/N` | N chunks of `tick\n`, 100 ms apart (a slow stream) |
 //! | `/ws` | a WebSocket echo |
 //! | anything else | `200 ok` |
@@ -157,6 +158,11 @@ pub(crate) async fn answer(req: Request<Incoming>, mode: Mode) -> Response<TestB
         r.headers_mut()
             .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return r;
+    }
+    if let Some(s) = path.strip_prefix("/problem/").and_then(|n| n.parse::<u16>().ok()) {
+        let doc =
+            format!("{{\"type\":\"https://payments.example/errors/card\",\"title\":\"Card declined\",\"status\":{s}}}");
+        return fixed(s, "application/problem+json", doc);
     }
     if let Some(n) = path.strip_prefix("/drip/").and_then(|n| n.parse::<u32>().ok()) {
         let mut r = Response::new(TestBody::Drip { left: n, timer: None });
