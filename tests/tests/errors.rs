@@ -272,7 +272,11 @@ async fn secrets_never_appear_in_any_output() {
             .iter()
             .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes()))),
     );
-    proxy.access_log(reply.header("x-request-id")).await;
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    assert_eq!(
+        line["query"], "token=[redacted]&card=1",
+        "redacted, but the shape of the query stays visible"
+    );
     outputs.extend(proxy.raw_lines());
     outputs.push(proxy.admin_get("/metrics").await.1);
     for secret in secrets {
@@ -280,4 +284,55 @@ async fn secrets_never_appear_in_any_output() {
             assert!(!out.contains(secret), "{secret} leaked into: {out}");
         }
     }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure reproduces.
+fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            (*seed & 0xff) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mangled_request_heads_never_crash_the_proxy_or_reach_the_upstream_broken() {
+    let up = Upstream::start(Mode::Ok).await;
+    // Short limits so that heads cut short or left open are closed quickly.
+    let proxy = Outrigger::start(&with_inbound_limits(
+        &config(&[up.addr()], &routes("")),
+        "header_read_timeout: 200ms, idle_timeout: 200ms",
+    ));
+    let valid = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: b\r\nConnection: close\r\n\r\n";
+    let mut seed = 0x5eed_u64;
+    let mut answered_200 = 0;
+    for round in 0..80 {
+        // Flip, insert or truncate bytes of a valid head; every tenth round pure noise.
+        let mut head = if round % 10 == 0 {
+            noise(&mut seed, 64)
+        } else {
+            valid.to_vec()
+        };
+        let edits = noise(&mut seed, 6);
+        let at = usize::from(edits[0]) % head.len();
+        match edits[1] % 3 {
+            0 => head[at] = edits[2],
+            1 => head.insert(at, edits[3]),
+            _ => head.truncate(at.max(1)),
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(5), raw_request(proxy.inbound(), &head))
+            .await
+            .unwrap_or_default();
+        answered_200 += resp.matches("HTTP/1.1 200").count();
+    }
+    assert_eq!(proxy.admin_get("/healthz").await.0, 200, "still alive");
+    assert!(
+        up.requests() <= answered_200,
+        "the upstream only saw requests that were answered: {} > {answered_200}",
+        up.requests()
+    );
+    assert_eq!(get(&proxy.url("/")).await.status, 200);
 }

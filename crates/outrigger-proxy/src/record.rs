@@ -323,6 +323,9 @@ impl Completion {
         }
         f.insert("method".into(), method.as_str().into());
         f.insert("path".into(), path.into());
+        if let Some(q) = self.uri.query().filter(|q| !q.is_empty()) {
+            f.insert("query".into(), redact_query(q, &self.shared.redact_query).into());
+        }
         f.insert("protocol".into(), version_label(self.version).into());
         f.insert("status".into(), self.status.map_or(Value::Null, Value::from));
         if let Some(c) = code {
@@ -401,5 +404,43 @@ fn version_label(v: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
+    }
+}
+
+/// The query string with the values of the listed parameters replaced by `[redacted]`
+/// (names compared case-insensitively, before and after percent-decoding is not needed:
+/// a parameter name with escapes is redacted too, to be safe).
+pub(crate) fn redact_query(query: &str, redact: &[String]) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let plain = name.to_ascii_lowercase();
+            if value.is_empty() || (!redact.contains(&plain) && !name.contains('%')) {
+                pair.to_owned()
+            } else {
+                format!("{name}=[redacted]")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_query;
+
+    #[test]
+    fn listed_parameters_lose_their_values() {
+        let r = vec!["token".to_owned(), "password".to_owned()];
+        assert_eq!(
+            redact_query("card=1&token=abc&TOKEN=x&password=&flag", &r),
+            "card=1&token=[redacted]&TOKEN=[redacted]&password=&flag"
+        );
+        assert_eq!(
+            redact_query("to%6Ben=abc", &r),
+            "to%6Ben=[redacted]",
+            "escaped names are redacted to be safe"
+        );
     }
 }

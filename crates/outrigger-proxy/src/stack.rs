@@ -116,6 +116,8 @@ pub struct Shared {
     /// prove a bug in one request cannot take the proxy down. Unset in production.
     panic_path: Option<String>,
     normalize_5xx: bool,
+    /// Query parameters whose values never reach a log (`telemetry.logs.redact_query_params`).
+    pub(crate) redact_query: Vec<String>,
     /// Set once draining has passed `drain.delay`: inbound requests get `shutting_down`.
     pub(crate) draining: std::sync::atomic::AtomicBool,
 }
@@ -203,6 +205,13 @@ impl Shared {
                 .ok()
                 .filter(|p| p.starts_with('/')),
             normalize_5xx: config.errors.normalize_upstream_5xx,
+            redact_query: config
+                .telemetry
+                .logs
+                .redact_query_params
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
             draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
