@@ -445,6 +445,8 @@ pub struct RenderContext<'a> {
     pub head: bool,
     /// The client asked for HTML only.
     pub html: bool,
+    /// The request's trace id (32 hex), when known.
+    pub trace_id: Option<String>,
     /// Prefix of the problem `type`.
     pub type_base: &'a str,
 }
@@ -536,6 +538,9 @@ fn problem_json(err: &ProxyError, cx: &RenderContext<'_>) -> Bytes {
     obj.insert("class".into(), err.class().as_str().into());
     obj.insert("retryable".into(), err.retryable().into());
     obj.insert("request_id".into(), cx.request_id.into());
+    if let Some(t) = &cx.trace_id {
+        obj.insert("trace_id".into(), t.as_str().into());
+    }
     if let Some(r) = &err.route {
         obj.insert("route".into(), r.as_str().into());
     }
@@ -622,6 +627,7 @@ mod tests {
             grpc: false,
             head: false,
             html: false,
+            trace_id: None,
             type_base: "urn:outrigger:error:",
         };
         let resp = render(&e, &cx);
@@ -647,6 +653,7 @@ mod tests {
             grpc: true,
             head: false,
             html: false,
+            trace_id: None,
             type_base: "",
         };
         let resp = render(&e, &cx);
@@ -671,6 +678,7 @@ mod tests {
             grpc: false,
             head: false,
             html: true,
+            trace_id: None,
             type_base: "",
         };
         let page = html_page(&e, &cx);

@@ -18,6 +18,7 @@ pub mod retry;
 pub mod router;
 mod server;
 pub mod stack;
+pub mod trace;
 pub mod upstream;
 
 use std::future::Future;

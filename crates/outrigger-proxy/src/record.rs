@@ -104,6 +104,8 @@ pub(crate) struct Completion {
     pub(crate) fault: Option<String>,
     /// A replaced upstream 5xx body: its length (when declared) and content type.
     pub(crate) upstream_body: Option<(Option<u64>, Option<String>)>,
+    /// The trace this request belongs to.
+    pub(crate) trace: crate::trace::TraceContext,
     /// The client asked for HTML error pages.
     pub(crate) wants_html: bool,
     /// The fallback served, by the code it stands in for.
@@ -121,6 +123,7 @@ impl Completion {
         shared: Arc<Shared>,
         req: &Request<Incoming>,
         request_id: HeaderValue,
+        trace: crate::trace::TraceContext,
         conn_active: Arc<AtomicUsize>,
     ) -> Self {
         conn_active.fetch_add(1, Ordering::Relaxed);
@@ -140,6 +143,7 @@ impl Completion {
             fault: None,
             fallback: None,
             upstream_body: None,
+            trace,
             wants_html: crate::error::wants_html(req.headers().get(http::header::ACCEPT)),
             admitted: None,
             body_error: None,
@@ -310,6 +314,8 @@ impl Completion {
         };
         let mut f = Map::with_capacity(16);
         f.insert("request_id".into(), self.request_id.to_str().unwrap_or("").into());
+        f.insert("trace_id".into(), self.trace.trace_id_hex().into());
+        f.insert("span_id".into(), self.trace.span_id_hex().into());
         if let Some(r) = &self.route {
             f.insert("route".into(), (&*r.name).into());
             f.insert("upstream".into(), (&*r.upstream.name).into());

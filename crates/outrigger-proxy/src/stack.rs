@@ -44,6 +44,7 @@ use crate::record::{Attempt, AttemptOutcome, Completion};
 use crate::replay::ReplayBody;
 use crate::retry::{self, Decision, Reason, RetryRt};
 use crate::router::{RouteQuery, Router, split_authority};
+use crate::trace::TraceContext;
 use crate::upstream::{AttemptResponse, UpstreamRt};
 
 const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -116,6 +117,9 @@ pub struct Shared {
     /// prove a bug in one request cannot take the proxy down. Unset in production.
     panic_path: Option<String>,
     normalize_5xx: bool,
+    /// Accept B3 on input (`telemetry.tracing.propagate` has `b3`).
+    accept_b3: bool,
+    sample_ratio: f64,
     /// Query parameters whose values never reach a log (`telemetry.logs.redact_query_params`).
     pub(crate) redact_query: Vec<String>,
     /// Set once draining has passed `drain.delay`: inbound requests get `shutting_down`.
@@ -205,6 +209,12 @@ impl Shared {
                 .ok()
                 .filter(|p| p.starts_with('/')),
             normalize_5xx: config.errors.normalize_upstream_5xx,
+            accept_b3: config
+                .telemetry
+                .tracing
+                .propagate
+                .contains(&outrigger_config::Propagation::B3),
+            sample_ratio: config.telemetry.tracing.sample_ratio,
             redact_query: config
                 .telemetry
                 .logs
@@ -230,7 +240,8 @@ impl Shared {
         request_id: HeaderValue,
     ) -> Response<ResponseBody> {
         // --- context ---
-        let mut done = Completion::start(self.clone(), &req, request_id.clone(), conn.active.clone());
+        let trace = TraceContext::from_request(req.headers(), self.accept_b3, self.sample_ratio);
+        let mut done = Completion::start(self.clone(), &req, request_id.clone(), trace, conn.active.clone());
         let grpc = is_grpc(req.headers());
         let Some(listener) = self.listeners.get(conn.listener) else {
             return self.fail(
@@ -401,6 +412,7 @@ impl Shared {
             *attempt_req.method_mut() = parts.method.clone();
             *attempt_req.uri_mut() = parts.uri.clone();
             *attempt_req.headers_mut() = parts.headers.clone();
+            done.trace.inject(attempt_req.headers_mut());
             if grpc_timeout.is_some()
                 && let Ok(v) = HeaderValue::from_str(&format_grpc_timeout(remaining))
             {
@@ -672,6 +684,7 @@ impl Shared {
             grpc,
             head: done.method == Method::HEAD,
             html: done.wants_html,
+            trace_id: Some(done.trace.trace_id_hex()),
             type_base: &self.type_base,
         };
         let mut response = error::render(&err, &cx);
@@ -718,6 +731,7 @@ impl Shared {
             grpc: false,
             head: false,
             html: false,
+            trace_id: None,
             type_base: &self.type_base,
         };
         let mut response = error::render(&err, &cx);
