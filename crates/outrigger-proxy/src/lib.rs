@@ -121,6 +121,17 @@ impl Proxy {
             }
         }
 
+        // One summary line per second for each kind of log line that rate limiting dropped.
+        let limiter = shared.log_limiter.clone();
+        refreshers.push(tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(1);
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                limiter.flush(every);
+            }
+        }));
+
         let admin_task = tokio::spawn(admin::serve(
             admin.0,
             Arc::new(admin::AdminState {

@@ -263,6 +263,21 @@ impl Completion {
         if !self.shared.access_log {
             return;
         }
+        let failed = code.is_some() || self.fallback.is_some() || self.client_gone;
+        if failed {
+            // Failures are always logged, but at most at the configured rate per code and route.
+            let key: Arc<str> = format!(
+                "{} on route {}",
+                code.unwrap_or("fallback"),
+                if route_name.is_empty() { "(none)" } else { route_name }
+            )
+            .into();
+            if !self.shared.log_limiter.allow("access", &key) {
+                return;
+            }
+        } else if self.shared.access_sample_ratio < 1.0 && fastrand::f64() >= self.shared.access_sample_ratio {
+            return;
+        }
         let path = self.uri.path();
         let method = &self.method;
         let (level, msg) = match (&self.error, self.status) {

@@ -117,6 +117,10 @@ pub struct Shared {
     /// prove a bug in one request cannot take the proxy down. Unset in production.
     panic_path: Option<String>,
     normalize_5xx: bool,
+    /// Bounds the access lines of failures per (code, route).
+    pub(crate) log_limiter: Arc<outrigger_telemetry::ratelimit::LogLimiter>,
+    /// Share of successful requests that get an access line.
+    pub(crate) access_sample_ratio: f64,
     /// Accept B3 on input (`telemetry.tracing.propagate` has `b3`).
     accept_b3: bool,
     sample_ratio: f64,
@@ -187,6 +191,7 @@ impl Shared {
                 Some((r.clone(), listeners, Arc::new(rt)))
             })
             .collect();
+        let suppressed = metrics.log_lines_suppressed.clone();
         Shared {
             router: Router::new(routes),
             listeners: config
@@ -209,6 +214,12 @@ impl Shared {
                 .ok()
                 .filter(|p| p.starts_with('/')),
             normalize_5xx: config.errors.normalize_upstream_5xx,
+            log_limiter: Arc::new(outrigger_telemetry::ratelimit::LogLimiter::new(
+                config.telemetry.logs.rate_limit.per_second,
+                config.telemetry.logs.rate_limit.burst,
+                suppressed,
+            )),
+            access_sample_ratio: config.telemetry.logs.access_sample_ratio,
             accept_b3: config
                 .telemetry
                 .tracing

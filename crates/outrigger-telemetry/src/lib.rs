@@ -3,6 +3,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod ratelimit;
 
 pub use metrics::Metrics;
 pub use tracing::Level;

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub faults_injected: IntCounterVec,
     /// `outrigger_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `outrigger_log_lines_suppressed_total{kind}`
+    pub log_lines_suppressed: IntCounterVec,
     /// `outrigger_internal_errors_total`: bugs in outrigger, each answered 500 and logged at error.
     pub internal_errors: prometheus::IntCounter,
 }
@@ -168,6 +170,12 @@ impl Metrics {
                 &["route"],
             )?,
             config_reloads,
+            log_lines_suppressed: counter(
+                &r,
+                "outrigger_log_lines_suppressed_total",
+                "Log lines dropped by rate limiting, by kind.",
+                &["kind"],
+            )?,
             internal_errors: {
                 let c = prometheus::IntCounter::new(
                     "outrigger_internal_errors_total",
