@@ -279,5 +279,21 @@ async fn admin_endpoints_answer_health_readiness_and_metrics() {
             .await,
         1.0
     );
+    assert_eq!(
+        proxy
+            .metric("outrigger_proxy_overhead_seconds_count", &["route=\"default\""])
+            .await,
+        1.0
+    );
+    let overhead = proxy
+        .metric("outrigger_proxy_overhead_seconds_sum", &["route=\"default\""])
+        .await;
+    let total = proxy
+        .metric("http_server_request_duration_seconds_sum", &["http_route=\"default\""])
+        .await;
+    assert!(
+        overhead > 0.0 && overhead < total,
+        "overhead {overhead}s within total {total}s"
+    );
     assert_eq!(proxy.admin_get("/nope").await.0, 404);
 }

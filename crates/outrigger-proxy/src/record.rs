@@ -104,6 +104,10 @@ pub(crate) struct Completion {
     pub(crate) fault: Option<String>,
     /// A replaced upstream 5xx body: its length (when declared) and content type.
     pub(crate) upstream_body: Option<(Option<u64>, Option<String>)>,
+    /// Deliberate waits (backoff, injected delays): not the proxy's overhead.
+    pub(crate) waited: Duration,
+    /// When the upstream's response head was handed back (for the overhead histogram).
+    pub(crate) head_at: Option<Duration>,
     /// The trace this request belongs to.
     pub(crate) trace: crate::trace::TraceContext,
     /// The client asked for HTML error pages.
@@ -144,6 +148,8 @@ impl Completion {
             fallback: None,
             upstream_body: None,
             trace,
+            waited: Duration::ZERO,
+            head_at: None,
             wants_html: crate::error::wants_html(req.headers().get(http::header::ACCEPT)),
             admitted: None,
             body_error: None,
@@ -260,6 +266,12 @@ impl Completion {
             ])
             .observe(duration.as_secs_f64());
 
+        if let (Some(route), Some(head_at)) = (&self.route, self.head_at) {
+            let upstream: Duration = self.attempts.iter().map(|a| a.took).sum();
+            route
+                .overhead
+                .observe(head_at.saturating_sub(upstream + self.waited).as_secs_f64());
+        }
         if !self.shared.access_log {
             return;
         }

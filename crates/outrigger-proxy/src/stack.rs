@@ -58,6 +58,7 @@ pub struct RouteRt {
     /// The whole request, retries included, must get its response head within this.
     pub timeout: Duration,
     pub(crate) in_flight: IntGauge,
+    pub(crate) overhead: prometheus::Histogram,
     max_body_bytes: Option<u64>,
     retry: RetryRt,
     fallback: Option<FallbackRt>,
@@ -171,6 +172,7 @@ impl Shared {
                     upstream: upstreams[i].clone(),
                     timeout: r.timeout,
                     in_flight: metrics.in_flight.with_label_values(&[name]),
+                    overhead: metrics.proxy_overhead.with_label_values(&[name]),
                     max_body_bytes: r.max_body_bytes,
                     retry: RetryRt::new(
                         name,
@@ -346,6 +348,7 @@ impl Shared {
             }
             if let Some(d) = chosen.delay {
                 tokio::time::sleep(d).await;
+                done.waited += d;
             }
             if let Some(status) = chosen.abort {
                 return self.fail(done, located(ErrorKind::FaultInjected { status }, &route), grpc);
@@ -565,6 +568,7 @@ impl Shared {
                     route.retry.count(reason);
                     drop(tried);
                     tokio::time::sleep(wait).await;
+                    done.waited += wait;
                 }
             }
         };
@@ -607,6 +611,7 @@ impl Shared {
         head.headers.insert(X_REQUEST_ID, request_id);
         head.version = done.version;
         done.status = Some(status.as_u16());
+        done.head_at = Some(done.started().elapsed());
         let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done));
         let body = if grpc_timeout.is_some() {
             body.with_deadline(deadline, budget)

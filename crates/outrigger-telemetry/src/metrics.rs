@@ -13,6 +13,11 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
 ];
 
+/// Buckets for the proxy's own overhead: 10 µs to 100 ms.
+pub const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
 /// The registry and every metric in it.
 #[derive(Clone)]
 pub struct Metrics {
@@ -23,6 +28,9 @@ pub struct Metrics {
     pub client_duration: HistogramVec,
     /// `outrigger_requests_in_flight{route}`
     pub in_flight: IntGaugeVec,
+    /// `outrigger_proxy_overhead_seconds{route}`: time inside outrigger, upstream time and
+    /// deliberate waits (backoff, injected delays) excluded.
+    pub proxy_overhead: HistogramVec,
     /// `outrigger_retries_total{route, reason}`
     pub retries: IntCounterVec,
     /// `outrigger_retry_budget_exhausted_total{route}`
@@ -112,7 +120,17 @@ impl Metrics {
         for result in ["success", "rejected"] {
             config_reloads.with_label_values(&[result]);
         }
+        let proxy_overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "outrigger_proxy_overhead_seconds",
+                "Time spent inside outrigger per request until the response head, upstream time and deliberate waits excluded.",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        r.register(Box::new(proxy_overhead.clone()))?;
         Ok(Metrics {
+            proxy_overhead,
             server_duration,
             client_duration,
             in_flight: gauge(
