@@ -129,3 +129,35 @@ fn shipped_configs_have_no_warnings() {
         assert_eq!(code, 0, "{file}: {err}");
     }
 }
+
+#[test]
+fn pretty_logs_are_for_people() {
+    use std::io::{BufRead, BufReader};
+    let file = temp_file(
+        "pretty.yaml",
+        &outrigger_tests::config(&[outrigger_testkit::refused_addr()], outrigger_tests::DEFAULT_ROUTE),
+    );
+    let mut child = std::process::Command::new(outrigger_tests::binary())
+        .args(["run", "-c", file.to_str().unwrap(), "--log-format", "pretty"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("outrigger is ready."))
+        .expect("a ready line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ready.contains(" INFO  lifecycle outrigger is ready.  routes=1  upstreams=1"),
+        "{ready}"
+    );
+    assert!(!ready.starts_with('{'), "{ready}");
+    assert_eq!(
+        run_cli(&["run", "--log-format", "xml"]).0,
+        2,
+        "unknown formats are usage errors"
+    );
+}

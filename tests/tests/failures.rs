@@ -38,6 +38,7 @@ async fn refused_upstream_is_503_upstream_connect_failed() {
         line["attempts"][0].get("connection").is_none(),
         "no connection was made: {line}"
     );
+    assert_eq!(line["attempts"][0]["stage"], "connect");
     let cause = line["cause"].as_str().unwrap();
     let expected = format!("attempt 1 to {nowhere} (no connection) failed after ");
     assert!(cause.starts_with(&expected), "{cause}");
@@ -126,6 +127,7 @@ async fn upstream_reset_before_a_response_is_502_upstream_reset() {
     assert_eq!(line["code"], "upstream_reset");
     assert_eq!(line["attempts"][0]["code"], "upstream_reset");
     assert_eq!(line["attempts"][0]["connection"], "fresh");
+    assert_eq!(line["attempts"][0]["stage"], "await_headers");
     assert!(
         line["cause"]
             .as_str()
@@ -175,6 +177,7 @@ async fn reset_mid_body_cuts_the_client_off_and_is_logged() {
         line["cause"].as_str().unwrap().contains("broke off mid-stream"),
         "{line}"
     );
+    assert_eq!(line["attempts"][0]["stage"], "body_stream");
 }
 
 #[tokio::test]

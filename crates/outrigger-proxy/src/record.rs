@@ -80,7 +80,21 @@ impl Attempt {
             AttemptOutcome::Status(s) => a.insert("status".into(), s.into()),
             _ => a.insert("code".into(), self.code().into()),
         };
+        if let Some(stage) = self.stage() {
+            a.insert("stage".into(), stage.into());
+        }
         Value::Object(a)
+    }
+
+    /// Where a failed attempt failed: `connect`, `write_request` (the client's body),
+    /// `await_headers`. Timeouts name no stage: the attempt was cut off wherever it was.
+    fn stage(&self) -> Option<&'static str> {
+        match self.code() {
+            "upstream_connect_failed" => Some("connect"),
+            "upstream_reset" | "upstream_protocol_error" => Some("await_headers"),
+            "payload_too_large" | "request_timeout" | "bad_request" => Some("write_request"),
+            _ => None,
+        }
     }
 }
 
@@ -372,13 +386,21 @@ impl Completion {
             f.insert("upstream_ms".into(), ms(u).into());
         }
         if !self.attempts.is_empty() {
-            let attempts = self
+            let mut attempts: Vec<Value> = self
                 .attempts
                 .iter()
                 .enumerate()
                 .map(|(i, a)| a.to_json(i + 1))
                 .collect();
+            if self.body_code.is_some()
+                && let Some(Value::Object(last)) = attempts.last_mut()
+            {
+                last.insert("stage".into(), "body_stream".into());
+            }
             f.insert("attempts".into(), Value::Array(attempts));
+        }
+        if self.status.is_none() {
+            f.insert("stage".into(), "client_cancelled".into());
         }
         if let Some(fault) = &self.fault {
             f.insert("fault".into(), fault.as_str().into());

@@ -54,9 +54,53 @@ pub fn write_line(level: Level, kind: &str, msg: &str, fields: Map<String, Value
     obj.insert("kind".into(), Value::String(kind.into()));
     obj.insert("msg".into(), Value::String(msg.into()));
     obj.extend(fields);
-    let mut line = Value::Object(obj).to_string();
+    write_raw(&format_line(obj));
+}
+
+/// How lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line (the contract; the default).
+    Json,
+    /// `ts LEVEL kind msg key=value ...` for a person at a terminal (`--log-format pretty`).
+    Pretty,
+}
+
+static FORMAT: std::sync::OnceLock<Format> = std::sync::OnceLock::new();
+
+/// Chooses the line format once, at start-up (JSON if never called).
+pub fn set_format(format: Format) {
+    let _ = FORMAT.set(format);
+}
+
+fn format_line(obj: Map<String, Value>) -> String {
+    let mut line = match FORMAT.get().copied().unwrap_or(Format::Json) {
+        Format::Json => Value::Object(obj).to_string(),
+        Format::Pretty => pretty(obj),
+    };
     line.push('\n');
-    write_raw(&line);
+    line
+}
+
+fn pretty(mut obj: Map<String, Value>) -> String {
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let ts = text(obj.shift_remove("ts"));
+    let level = text(obj.shift_remove("level")).to_ascii_uppercase();
+    let kind = text(obj.shift_remove("kind"));
+    let msg = text(obj.shift_remove("msg"));
+    let mut line = format!("{ts} {level:<5} {kind:<9} {msg}");
+    for (k, v) in obj {
+        let v = match v {
+            Value::String(s) if !s.contains(' ') => s,
+            other => other.to_string(),
+        };
+        line.push_str(&format!("  {k}={v}"));
+    }
+    line
 }
 
 fn write_raw(line: &str) {
@@ -85,14 +129,15 @@ fn render(level: &Level, event: &Event<'_>) -> String {
         Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
     );
     obj.insert("level".into(), Value::String(level_word(level).into()));
-    let kind = fields.0.remove("kind").unwrap_or_else(|| Value::String("event".into()));
+    let kind = fields
+        .0
+        .shift_remove("kind")
+        .unwrap_or_else(|| Value::String("event".into()));
     obj.insert("kind".into(), kind);
-    let msg = fields.0.remove("message").unwrap_or(Value::String(String::new()));
+    let msg = fields.0.shift_remove("message").unwrap_or(Value::String(String::new()));
     obj.insert("msg".into(), msg);
     obj.extend(fields.0);
-    let mut line = Value::Object(obj).to_string();
-    line.push('\n');
-    line
+    format_line(obj)
 }
 
 struct FieldMap(Map<String, Value>);
@@ -131,6 +176,21 @@ mod tests {
         fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
             self.0.lock().unwrap().push(render(event.metadata().level(), event));
         }
+    }
+
+    #[test]
+    fn pretty_lines_put_the_sentence_first() {
+        let mut obj = Map::new();
+        obj.insert("ts".into(), "2026-11-29T00:00:00.000Z".into());
+        obj.insert("level".into(), "warn".into());
+        obj.insert("kind".into(), "access".into());
+        obj.insert("msg".into(), "The service failed.".into());
+        obj.insert("status".into(), 503.into());
+        obj.insert("cause".into(), "attempt 1 failed".into());
+        assert_eq!(
+            pretty(obj),
+            "2026-11-29T00:00:00.000Z WARN  access    The service failed.  status=503  cause=\"attempt 1 failed\""
+        );
     }
 
     #[test]

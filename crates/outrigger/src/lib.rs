@@ -37,7 +37,7 @@ struct Cli {
 enum Command {
     /// Run the proxy (without -c: the built-in sidecar config).
     #[command(
-        after_help = "Examples:\n  outrigger run\n  outrigger run -c config/outrigger.yaml\n  OUTRIGGER_LOG=debug outrigger run -c my.yaml --workers 1\n\n\
+        after_help = "Examples:\n  outrigger run\n  outrigger run -c config/outrigger.yaml\n  OUTRIGGER_LOG=debug outrigger run -c my.yaml --workers 1 --log-format pretty\n\n\
         Signals: SIGTERM/SIGINT drain and exit 0."
     )]
     Run {
@@ -47,6 +47,9 @@ enum Command {
         /// Worker threads of the runtime (default: one per available core).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
         workers: Option<u16>,
+        /// Log line format: `json` (one object per line, the default) or `pretty` (for a terminal).
+        #[arg(long, value_name = "FORMAT", default_value = "json", value_parser = ["json", "pretty"])]
+        log_format: String,
     },
     /// Validate a config file: exit 0 and print its listeners and routes, or exit 1 with every error.
     #[command(
@@ -78,7 +81,19 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config, deny_warnings } => check(&config, deny_warnings),
-        Command::Run { config, workers } => run(config, workers),
+        Command::Run {
+            config,
+            workers,
+            log_format,
+        } => {
+            let format = if log_format == "pretty" {
+                outrigger_telemetry::logging::Format::Pretty
+            } else {
+                outrigger_telemetry::logging::Format::Json
+            };
+            outrigger_telemetry::logging::set_format(format);
+            run(config, workers)
+        }
     }
 }
 
