@@ -110,7 +110,6 @@ pub(crate) struct Completion {
     route: Option<Arc<RouteRt>>,
     pub(crate) status: Option<u16>,
     pub(crate) error: Option<ProxyError>,
-    pub(crate) upstream_time: Option<Duration>,
     attempts: Vec<Attempt>,
     /// Decisions worth a clause in `cause`: "retry budget exhausted", "breaker open".
     pub(crate) notes: Vec<String>,
@@ -155,7 +154,6 @@ impl Completion {
             route: None,
             status: None,
             error: None,
-            upstream_time: None,
             attempts: Vec::new(),
             notes: Vec::new(),
             fault: None,
@@ -280,8 +278,9 @@ impl Completion {
             ])
             .observe(duration.as_secs_f64());
 
+        // Time spent waiting on the upstream: the attempts themselves, not the waits between them.
+        let upstream: Duration = self.attempts.iter().map(|a| a.took).sum();
         if let (Some(route), Some(head_at)) = (&self.route, self.head_at) {
-            let upstream: Duration = self.attempts.iter().map(|a| a.took).sum();
             route
                 .overhead
                 .observe(head_at.saturating_sub(upstream + self.waited).as_secs_f64());
@@ -382,10 +381,8 @@ impl Completion {
             f.insert("class".into(), c.into());
         }
         f.insert("duration_ms".into(), ms(duration).into());
-        if let Some(u) = self.upstream_time {
-            f.insert("upstream_ms".into(), ms(u).into());
-        }
         if !self.attempts.is_empty() {
+            f.insert("upstream_ms".into(), ms(upstream).into());
             let mut attempts: Vec<Value> = self
                 .attempts
                 .iter()

@@ -545,9 +545,7 @@ impl Shared {
                     .reason_for_response(a.response.status(), a.response.headers()),
                 Tried::Failed(e) => route.retry.reason_for_failure(&e.kind),
             };
-            let Some(reason) =
-                reason.filter(|_| can_replay && replay_limit.is_some() || body_empty && replay_limit.is_some())
-            else {
+            let Some(reason) = reason.filter(|_| can_replay && replay_limit.is_some()) else {
                 break tried;
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -572,7 +570,6 @@ impl Shared {
                 }
             }
         };
-        done.upstream_time = Some(done.started().elapsed());
 
         // --- fallback ---
         let answer = match tried {

@@ -339,6 +339,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Opens the breaker of `settings()` with three failures in a row.
+    fn trip(b: &mut Breaker, now: Instant) {
+        for _ in 0..3 {
+            call(b, now, true, ms(1));
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
     /// Admits and records one call; returns the transition it caused, if any.
     fn call(b: &mut Breaker, now: Instant, failed: bool, took: Duration) -> Option<Transition> {
         match b.admit(now) {
@@ -379,9 +387,7 @@ mod tests {
     fn open_refuses_with_the_time_left_then_half_opens() {
         let t0 = Instant::now();
         let mut b = Breaker::new(settings(), t0);
-        for _ in 0..3 {
-            call(&mut b, t0, true, ms(1));
-        }
+        trip(&mut b, t0);
         assert_eq!(b.admit(t0 + ms(1500)).0, Admission::Refused { retry_after: ms(3500) });
         let (adm, t) = b.admit(t0 + ms(5000));
         assert!(matches!(adm, Admission::Allowed(Ticket { probe: true, .. })));
@@ -392,9 +398,7 @@ mod tests {
     fn half_open_limits_probes_closes_after_enough_successes() {
         let t0 = Instant::now();
         let mut b = Breaker::new(settings(), t0);
-        for _ in 0..3 {
-            call(&mut b, t0, true, ms(1));
-        }
+        trip(&mut b, t0);
         let t1 = t0 + ms(5000);
         let (Admission::Allowed(p1), _) = b.admit(t1) else {
             panic!()
@@ -440,9 +444,7 @@ mod tests {
     fn a_failed_probe_reopens_with_a_doubled_period_capped_and_reset_on_close() {
         let t0 = Instant::now();
         let mut b = Breaker::new(settings(), t0);
-        for _ in 0..3 {
-            call(&mut b, t0, true, ms(1));
-        }
+        trip(&mut b, t0);
         let t1 = t0 + ms(5000);
         let t = call(&mut b, t1, true, ms(7)).unwrap();
         assert_eq!(t.why, "reopened for 10s: probe failed with upstream_timeout after 7ms");
@@ -458,9 +460,7 @@ mod tests {
         call(&mut b, t3, false, ms(1));
         call(&mut b, t3, false, ms(1));
         assert_eq!(b.state(), BreakerState::Closed);
-        for _ in 0..3 {
-            call(&mut b, t3, true, ms(1));
-        }
+        trip(&mut b, t3);
         assert_eq!(
             b.admit(t3 + ms(4999)).0,
             Admission::Refused { retry_after: ms(1) },
@@ -518,9 +518,7 @@ mod tests {
         let (Admission::Allowed(stale), _) = b.admit(t0) else {
             panic!()
         };
-        for _ in 0..3 {
-            call(&mut b, t0, true, ms(1));
-        }
+        trip(&mut b, t0);
         let t1 = t0 + ms(5000);
         let (Admission::Allowed(_probe), _) = b.admit(t1) else {
             panic!()
@@ -548,9 +546,7 @@ mod tests {
     fn released_probes_free_their_slot() {
         let t0 = Instant::now();
         let mut b = Breaker::new(settings(), t0);
-        for _ in 0..3 {
-            call(&mut b, t0, true, ms(1));
-        }
+        trip(&mut b, t0);
         let t1 = t0 + ms(5000);
         let (Admission::Allowed(p1), _) = b.admit(t1) else {
             panic!()
