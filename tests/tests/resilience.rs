@@ -43,6 +43,16 @@ async fn a_get_that_meets_a_reset_is_retried_once_and_succeeds() {
     assert_eq!(line["attempts"].as_array().unwrap().len(), 2, "{line}");
     assert_eq!(line["attempts"][0]["code"], "upstream_reset");
     assert_eq!(line["attempts"][1]["status"], 200);
+    // The decision after attempt 1, with the breaker and budget state it was taken in.
+    let first = &line["attempts"][0];
+    assert_eq!(first["circuit_state"], "closed", "{line}");
+    assert_eq!(first["next"], "retry", "{line}");
+    assert_eq!(first["retry_reason"], "reset", "{line}");
+    assert!(
+        first["backoff_ms"].is_number() && first["retry_budget_left"].is_number(),
+        "{line}"
+    );
+    assert!(line["attempts"][1].get("next").is_none(), "{line}");
     assert!(line["msg"].as_str().unwrap().contains("after 2 attempts"), "{line}");
     assert!(line["cause"].as_str().unwrap().starts_with("attempt 1 to "), "{line}");
     assert_eq!(
@@ -102,11 +112,14 @@ async fn the_retry_budget_stops_retry_storms() {
         .metric("outrigger_retries_total", &["route=\"api\"", "reason=\"unavailable\""])
         .await;
     assert_eq!(retries as usize, received - 100);
-    proxy
+    let spent = proxy
         .wait_for_log(|l| {
             l["kind"] == "access" && l["cause"].as_str().is_some_and(|c| c.contains("retry budget is spent"))
         })
         .await;
+    let last = spent["attempts"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["next"], "budget_exhausted", "{spent}");
+    assert_eq!(last["retry_budget_left"], 0.0, "{spent}");
 }
 
 /// Sends GETs until `pred` holds for a reply (bounded), returning that reply.
@@ -132,9 +145,17 @@ async fn the_breaker_opens_fails_fast_probes_and_closes_or_reopens_doubled() {
     let breaker =
         "    circuit_breaker: {consecutive_failures: 3, open_for: 400ms, max_open_for: 10s, half_open_probes: 1}\n";
     let proxy = Outrigger::start(&yaml(&[up.addr()], breaker, ""));
+    let mut third = None;
     for _ in 0..3 {
-        assert_eq!(request(&proxy, "GET", "/", Bytes::new()).await.status, 500);
+        let reply = request(&proxy, "GET", "/", Bytes::new()).await;
+        assert_eq!(reply.status, 500);
+        third = Some(reply);
     }
+    let line = proxy.access_log(third.unwrap().header("x-request-id")).await;
+    assert!(
+        line["cause"].as_str().unwrap().ends_with("the breaker of 'app' opened"),
+        "the request that tripped the breaker says so: {line}"
+    );
     let opened = proxy
         .wait_for_log(|l| l["kind"] == "breaker" && l["to"] == "open")
         .await;
@@ -171,6 +192,8 @@ async fn the_breaker_opens_fails_fast_probes_and_closes_or_reopens_doubled() {
     // Half-open probe fails: reopened for twice as long.
     let reply = until(&proxy, |r| r.status == 500).await;
     assert_eq!(reply.status, 500);
+    let probe = proxy.access_log(reply.header("x-request-id")).await;
+    assert_eq!(probe["attempts"][0]["circuit_state"], "half_open", "{probe}");
     let reopened = proxy
         .wait_for_log(|l| l["kind"] == "breaker" && l["why"].as_str().is_some_and(|w| w.starts_with("reopened")))
         .await;

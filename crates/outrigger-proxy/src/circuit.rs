@@ -33,6 +33,14 @@ pub struct Circuit {
 pub struct Permit {
     circuit: Arc<Circuit>,
     ticket: Option<Ticket>,
+    state: BreakerState,
+}
+
+impl Permit {
+    /// The breaker's state when this call was let through (closed, or half-open for a probe).
+    pub fn state(&self) -> BreakerState {
+        self.state
+    }
 }
 
 impl Drop for Permit {
@@ -87,7 +95,11 @@ impl Circuit {
                 limit: self.max_in_flight,
             });
         }
-        let (admission, transition) = self.lock().admit(Instant::now().into_std());
+        let (admission, transition, state) = {
+            let mut breaker = self.lock();
+            let (admission, transition) = breaker.admit(Instant::now().into_std());
+            (admission, transition, breaker.state())
+        };
         if let Some(t) = transition {
             self.transitioned(&t);
         }
@@ -95,6 +107,7 @@ impl Circuit {
             Admission::Allowed(ticket) => Ok(Permit {
                 circuit: self.clone(),
                 ticket: Some(ticket),
+                state,
             }),
             Admission::Refused { retry_after } => {
                 self.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -109,9 +122,9 @@ impl Circuit {
         self.trip_on_5xx && status >= 500
     }
 
-    /// Records the result of a permitted call.
-    pub fn record(&self, mut permit: Permit, failed: bool, took: Duration, what: &str) {
-        let Some(ticket) = permit.ticket.take() else { return };
+    /// Records the result of a permitted call; returns the new state when it changed.
+    pub fn record(&self, mut permit: Permit, failed: bool, took: Duration, what: &str) -> Option<BreakerState> {
+        let ticket = permit.ticket.take()?;
         let transition = self.lock().record(
             Instant::now().into_std(),
             Call {
@@ -121,9 +134,9 @@ impl Circuit {
                 what,
             },
         );
-        if let Some(t) = transition {
-            self.transitioned(&t);
-        }
+        let t = transition?;
+        self.transitioned(&t);
+        Some(t.to)
     }
 
     fn transitioned(&self, t: &Transition) {

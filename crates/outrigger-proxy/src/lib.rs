@@ -99,7 +99,28 @@ impl Proxy {
             admin,
         } = self;
         let ready = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(stack::Shared::new(&config, metrics.clone()));
+        let mut shared = stack::Shared::new(&config, metrics.clone());
+        let mut span_export = None;
+        if let Some(endpoint) = &config.telemetry.tracing.otlp_endpoint {
+            let settings = outrigger_telemetry::spans::ExportSettings::new(
+                endpoint.to_string(),
+                match config.telemetry.tracing.otlp_protocol {
+                    outrigger_config::OtlpProtocol::Grpc => outrigger_telemetry::spans::Protocol::Grpc,
+                    outrigger_config::OtlpProtocol::HttpProtobuf => outrigger_telemetry::spans::Protocol::HttpProtobuf,
+                },
+                config.telemetry.service_name.clone(),
+            );
+            match outrigger_telemetry::spans::start(settings, &metrics) {
+                Ok((queue, task)) => {
+                    tracing::info!(kind = "lifecycle", endpoint = %endpoint, "Exporting spans to {endpoint} (OTLP).");
+                    shared = shared.with_spans(queue);
+                    span_export = Some(task);
+                }
+                // Tracing must never cost traffic: serve without it, loudly.
+                Err(e) => tracing::error!(kind = "lifecycle", "Spans will not be exported: {e}."),
+            }
+        }
+        let shared = Arc::new(shared);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
 
@@ -198,6 +219,10 @@ impl Proxy {
         }
         admin_task.abort();
         refreshers.iter().for_each(tokio::task::JoinHandle::abort);
+        if let Some(task) = span_export {
+            // The last spans (the drain's own requests) get a short, bounded chance to leave.
+            task.shutdown(std::time::Duration::from_secs(2)).await;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header::HeaderValue;
 use http::{Method, Request, Uri, Version};
@@ -13,17 +13,68 @@ use tokio::time::Instant;
 
 use outrigger_resilience::humanize as humanize_ms;
 use outrigger_telemetry::Level;
+use outrigger_telemetry::spans::{
+    Attribute, FinishedSpan, SpanContext, SpanEvents, SpanId, SpanKind, SpanLinks, SpanQueue, Status, TraceFlags,
+    TraceId, TraceState,
+};
 
 use crate::error::{ErrorClass, ProxyError};
 use crate::pool::{ConnInfo, EndpointPool};
+use crate::retry::Reason;
 use crate::stack::{RouteRt, Shared};
 
 /// One try at the upstream, as the access log and metrics tell it.
 pub(crate) struct Attempt {
     pub(crate) endpoint: Arc<EndpointPool>,
     pub(crate) conn: Option<ConnInfo>,
+    /// When it started, counted from the request's arrival.
+    pub(crate) offset: Duration,
     pub(crate) took: Duration,
     pub(crate) outcome: AttemptOutcome,
+    /// The client span's id: the parent id the upstream saw in `traceparent`.
+    pub(crate) span_id: u64,
+    /// The breaker's state when it let this attempt through.
+    pub(crate) circuit_state: &'static str,
+    /// What was decided after it (retry or not, and why).
+    pub(crate) next: Option<NextStep>,
+}
+
+/// The retry decision taken after a failed attempt, with the budget it was taken against.
+pub(crate) struct NextStep {
+    /// `retry`, `stop` (attempts or time used up) or `budget_exhausted`.
+    what: &'static str,
+    reason: &'static str,
+    wait: Option<Duration>,
+    budget_left: Option<f64>,
+}
+
+impl NextStep {
+    pub(crate) fn retry(reason: Reason, wait: Duration, budget_left: Option<f64>) -> Self {
+        NextStep {
+            what: "retry",
+            reason: reason.as_str(),
+            wait: Some(wait),
+            budget_left,
+        }
+    }
+
+    pub(crate) fn stop(reason: Reason) -> Self {
+        NextStep {
+            what: "stop",
+            reason: reason.as_str(),
+            wait: None,
+            budget_left: None,
+        }
+    }
+
+    pub(crate) fn budget_exhausted(reason: Reason) -> Self {
+        NextStep {
+            what: "budget_exhausted",
+            reason: reason.as_str(),
+            wait: None,
+            budget_left: Some(0.0),
+        }
+    }
 }
 
 pub(crate) enum AttemptOutcome {
@@ -83,6 +134,17 @@ impl Attempt {
         if let Some(stage) = self.stage() {
             a.insert("stage".into(), stage.into());
         }
+        a.insert("circuit_state".into(), self.circuit_state.into());
+        if let Some(next) = &self.next {
+            a.insert("next".into(), next.what.into());
+            a.insert("retry_reason".into(), next.reason.into());
+            if let Some(w) = next.wait {
+                a.insert("backoff_ms".into(), ms(w).into());
+            }
+            if let Some(b) = next.budget_left {
+                a.insert("retry_budget_left".into(), ((b * 10.0).round() / 10.0).into());
+            }
+        }
         Value::Object(a)
     }
 
@@ -107,6 +169,8 @@ pub(crate) struct Completion {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) version: Version,
+    /// The `Host` (or `:authority`) the client asked for, for `server.address` on the span.
+    host: Option<String>,
     route: Option<Arc<RouteRt>>,
     pub(crate) status: Option<u16>,
     pub(crate) error: Option<ProxyError>,
@@ -144,6 +208,13 @@ impl Completion {
         conn_active: Arc<AtomicUsize>,
     ) -> Self {
         conn_active.fetch_add(1, Ordering::Relaxed);
+        // Only kept when spans are exported: one allocation the request path need not make.
+        let host = shared.spans.as_ref().and_then(|_| {
+            req.uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok().map(str::to_owned))
+        });
         Completion {
             shared,
             start: Instant::now(),
@@ -151,6 +222,7 @@ impl Completion {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
+            host,
             route: None,
             status: None,
             error: None,
@@ -194,6 +266,13 @@ impl Completion {
                 .observe(attempt.took.as_secs_f64());
         }
         self.attempts.push(attempt);
+    }
+
+    /// Records the retry decision taken after the last attempt.
+    pub(crate) fn decided(&mut self, next: NextStep) {
+        if let Some(a) = self.attempts.last_mut() {
+            a.next = Some(next);
+        }
     }
 
     /// The response body was delivered (or broke off with `error`).
@@ -284,6 +363,11 @@ impl Completion {
             route
                 .overhead
                 .observe(head_at.saturating_sub(upstream + self.waited).as_secs_f64());
+        }
+        if self.trace.sampled
+            && let Some(spans) = &self.shared.spans
+        {
+            self.export_spans(spans, duration, code, class);
         }
         if !self.shared.access_log {
             return;
@@ -417,6 +501,200 @@ impl Completion {
         }
         outrigger_telemetry::logging::write_line(level, "access", &msg, f);
     }
+}
+
+// --- spans: the same record, as OpenTelemetry spans ---
+
+impl Completion {
+    /// One server span for the request and one client span per attempt, with the ids that
+    /// went out in `traceparent` (so the upstream's spans hang under the right attempt).
+    fn export_spans(&self, spans: &SpanQueue, duration: Duration, code: Option<&str>, class: Option<&str>) {
+        let end = SystemTime::now();
+        let start = end.checked_sub(duration).unwrap_or(end);
+        let trace_id = TraceId::from(self.trace.trace_id);
+        let server_id = SpanId::from(self.trace.span_id);
+        let method = method_label(&self.method);
+        let route = self.route.as_ref().map(|r| &*r.name);
+
+        let mut attrs = Vec::with_capacity(14);
+        attrs.push(Attribute::new("http.request.method", method));
+        if method == "_OTHER" {
+            attrs.push(Attribute::new("http.request.method_original", self.method.to_string()));
+        }
+        if let Some(r) = route {
+            attrs.push(Attribute::new("http.route", r.to_owned()));
+        }
+        attrs.push(Attribute::new("url.path", self.uri.path().to_owned()));
+        attrs.push(Attribute::new(
+            "url.scheme",
+            self.uri.scheme_str().unwrap_or("http").to_owned(),
+        ));
+        attrs.push(Attribute::new("network.protocol.name", "http"));
+        attrs.push(Attribute::new(
+            "network.protocol.version",
+            &version_label(self.version)["HTTP/".len()..],
+        ));
+        if let Some(host) = &self.host {
+            let (name, port) = split_host(host);
+            attrs.push(Attribute::new("server.address", name.to_owned()));
+            if let Some(p) = port {
+                attrs.push(Attribute::new("server.port", i64::from(p)));
+            }
+        }
+        if let Some(s) = self.status {
+            attrs.push(Attribute::new("http.response.status_code", i64::from(s)));
+        }
+        if let Some(c) = code {
+            attrs.push(Attribute::new("error.type", c.to_owned()));
+        }
+        if let Some(c) = class {
+            attrs.push(Attribute::new("outrigger.error_class", c.to_owned()));
+        }
+        attrs.push(Attribute::new(
+            "outrigger.request_id",
+            self.request_id.to_str().unwrap_or("").to_owned(),
+        ));
+        if let Some(r) = &self.route {
+            attrs.push(Attribute::new("outrigger.upstream", (*r.upstream.name).to_owned()));
+        }
+        attrs.push(Attribute::new("outrigger.attempts", self.attempts.len() as i64));
+        if let Some(fb) = self.fallback {
+            attrs.push(Attribute::new("outrigger.fallback", fb));
+        }
+        let failed = code.is_some() && class != Some(ErrorClass::Client.as_str());
+        if failed && let Some(c) = self.cause() {
+            attrs.push(Attribute::new("outrigger.cause", c));
+        }
+        let status = match (failed, code) {
+            (true, Some(c)) => Status::error(c.to_owned()),
+            _ => Status::Unset,
+        };
+        let name = match route {
+            Some(r) => format!("{method} {r}"),
+            None => method.to_owned(),
+        };
+        spans.submit(span(
+            spans,
+            SpanContext::new(trace_id, server_id, TraceFlags::SAMPLED, false, TraceState::NONE),
+            self.trace.parent_id.map_or(SpanId::INVALID, SpanId::from),
+            self.trace.parent_id.is_some(),
+            SpanKind::Server,
+            name,
+            (start, end),
+            attrs,
+            status,
+        ));
+
+        let last = self.attempts.len();
+        for (i, a) in self.attempts.iter().enumerate() {
+            let n = i + 1;
+            let a_start = start + a.offset;
+            let mut attrs = Vec::with_capacity(12);
+            attrs.push(Attribute::new("http.request.method", method));
+            let addr = a.endpoint.addr();
+            attrs.push(Attribute::new("server.address", addr.ip().to_string()));
+            attrs.push(Attribute::new("server.port", i64::from(addr.port())));
+            attrs.push(Attribute::new("outrigger.attempt", n as i64));
+            attrs.push(Attribute::new("outrigger.circuit_state", a.circuit_state));
+            let error_type = match a.outcome {
+                AttemptOutcome::Status(s) => {
+                    attrs.push(Attribute::new("http.response.status_code", i64::from(s)));
+                    // The client-span convention: 4xx and 5xx answers are errors, typed by status.
+                    (s >= 400).then(|| s.to_string())
+                }
+                _ => Some(a.code().to_owned()),
+            };
+            let stage = if n == last && self.body_code.is_some() {
+                Some("body_stream")
+            } else {
+                a.stage()
+            };
+            if let Some(stage) = stage {
+                attrs.push(Attribute::new("outrigger.stage", stage));
+            }
+            if let Some(c) = a.conn {
+                attrs.push(Attribute::new(
+                    "outrigger.connection",
+                    if c.reused { "reused" } else { "fresh" },
+                ));
+                if c.reused {
+                    attrs.push(Attribute::new("outrigger.connection.idle_ms", ms(c.idle_for)));
+                }
+            }
+            if let Some(next) = &a.next {
+                attrs.push(Attribute::new("outrigger.retry.next", next.what));
+                attrs.push(Attribute::new("outrigger.retry.reason", next.reason));
+                if let Some(b) = next.budget_left {
+                    attrs.push(Attribute::new("outrigger.retry.budget_left", b));
+                }
+            }
+            let status = match &error_type {
+                Some(t) => {
+                    attrs.push(Attribute::new("error.type", t.clone()));
+                    Status::error(a.describe(n))
+                }
+                None => Status::Unset,
+            };
+            spans.submit(span(
+                spans,
+                SpanContext::new(
+                    trace_id,
+                    SpanId::from(a.span_id),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::NONE,
+                ),
+                server_id,
+                false,
+                SpanKind::Client,
+                method.to_owned(),
+                (a_start, a_start + a.took),
+                attrs,
+                status,
+            ));
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one plain constructor for the SDK's span record"
+)]
+fn span(
+    spans: &SpanQueue,
+    context: SpanContext,
+    parent: SpanId,
+    parent_is_remote: bool,
+    kind: SpanKind,
+    name: String,
+    (start, end): (SystemTime, SystemTime),
+    attributes: Vec<Attribute>,
+    status: Status,
+) -> FinishedSpan {
+    FinishedSpan {
+        span_context: context,
+        parent_span_id: parent,
+        parent_span_is_remote: parent_is_remote,
+        span_kind: kind,
+        name: name.into(),
+        start_time: start,
+        end_time: end,
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: spans.scope().clone(),
+    }
+}
+
+/// `host[:port]` (or `[v6]:port`) split for `server.address` and `server.port`.
+fn split_host(host: &str) -> (&str, Option<u16>) {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.is_empty() && (!n.contains(':') || n.ends_with(']')) => (n, p.parse().ok()),
+        _ => (host, None),
+    };
+    (name.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
 impl Drop for Completion {

@@ -124,6 +124,14 @@ impl RetryRt {
             .deposit(Instant::now().into_std());
     }
 
+    /// Retries the budget still allows now (for the record of a retry decision).
+    pub fn budget_left(&self) -> f64 {
+        self.budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining(Instant::now().into_std())
+    }
+
     /// Which retry condition a failure meets, if the policy lists it.
     pub fn reason_for_failure(&self, kind: &ErrorKind) -> Option<Reason> {
         let reason = match kind {

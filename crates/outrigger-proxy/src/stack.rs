@@ -32,6 +32,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 
 use outrigger_config::{Config, Fault, Role};
+use outrigger_resilience::BreakerState;
 use outrigger_resilience::deadline::{format_grpc_timeout, parse_grpc_timeout};
 use outrigger_telemetry::Metrics;
 
@@ -40,7 +41,7 @@ use crate::body::{ClientBody, ProxyBody, RequestBody, ResponseBody};
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
 use crate::fault::{self, FAULT_HEADER};
 use crate::headers::{self, X_REQUEST_ID};
-use crate::record::{Attempt, AttemptOutcome, Completion};
+use crate::record::{Attempt, AttemptOutcome, Completion, NextStep};
 use crate::replay::ReplayBody;
 use crate::retry::{self, Decision, Reason, RetryRt};
 use crate::router::{RouteQuery, Router, split_authority};
@@ -129,6 +130,8 @@ pub struct Shared {
     pub(crate) redact_query: Vec<String>,
     /// Set once draining has passed `drain.delay`: inbound requests get `shutting_down`.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Finished spans go here when `telemetry.tracing.otlp_endpoint` is set.
+    pub(crate) spans: Option<outrigger_telemetry::spans::SpanQueue>,
 }
 
 /// Facts about the client connection a request arrived on.
@@ -236,7 +239,14 @@ impl Shared {
                 .map(|p| p.to_ascii_lowercase())
                 .collect(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            spans: None,
         }
+    }
+
+    /// Exports spans through `queue`.
+    pub fn with_spans(mut self, queue: outrigger_telemetry::spans::SpanQueue) -> Self {
+        self.spans = Some(queue);
+        self
     }
 
     /// Every upstream (for DNS refresh and debug endpoints).
@@ -426,7 +436,7 @@ impl Shared {
             *attempt_req.method_mut() = parts.method.clone();
             *attempt_req.uri_mut() = parts.uri.clone();
             *attempt_req.headers_mut() = parts.headers.clone();
-            done.trace.inject(attempt_req.headers_mut());
+            let span_id = done.trace.inject(attempt_req.headers_mut());
             if grpc_timeout.is_some()
                 && let Ok(v) = HeaderValue::from_str(&format_grpc_timeout(remaining))
             {
@@ -496,7 +506,12 @@ impl Shared {
                     (upstream_fault, e.code().to_owned(), outcome, None)
                 }
             };
-            upstream.circuit.record(permit, failed, took, &what);
+            let circuit_state = permit.state();
+            match upstream.circuit.record(permit, failed, took, &what) {
+                Some(BreakerState::Open) => done.notes.push(format!("the breaker of '{}' opened", upstream.name)),
+                Some(BreakerState::Closed) => done.notes.push(format!("the breaker of '{}' closed", upstream.name)),
+                _ => {}
+            }
             let latency = match &tried {
                 Tried::Answered(_) => Some(took),
                 Tried::Failed(e) if matches!(e.kind, ErrorKind::UpstreamTimeout { .. }) => Some(took),
@@ -517,8 +532,12 @@ impl Shared {
             done.attempt(Attempt {
                 endpoint: endpoint.pool.clone(),
                 conn: conn_info,
+                offset: started.saturating_duration_since(done.started()),
                 took,
                 outcome,
+                span_id,
+                circuit_state: circuit_state.as_str(),
+                next: None,
             });
 
             // --- retry decision ---
@@ -536,6 +555,7 @@ impl Shared {
                 race_retried = true;
                 fresh_only = true;
                 route.retry.count(Reason::KeepAliveRace);
+                done.decided(NextStep::retry(Reason::KeepAliveRace, Duration::ZERO, None));
                 continue;
             }
             fresh_only = false;
@@ -554,16 +574,21 @@ impl Shared {
                 Tried::Failed(_) => None,
             };
             match route.retry.decide(n, reason, remaining, upstream_wait) {
-                Decision::Stop => break tried,
+                Decision::Stop => {
+                    done.decided(NextStep::stop(reason));
+                    break tried;
+                }
                 Decision::BudgetExhausted => {
                     done.notes.push(format!(
                         "no retry: the route's retry budget is spent ({reason} not retried)",
                         reason = reason.as_str()
                     ));
+                    done.decided(NextStep::budget_exhausted(reason));
                     break tried;
                 }
                 Decision::RetryAfter(wait, reason) => {
                     route.retry.count(reason);
+                    done.decided(NextStep::retry(reason, wait, Some(route.retry.budget_left())));
                     drop(tried);
                     tokio::time::sleep(wait).await;
                     done.waited += wait;

@@ -5,7 +5,9 @@
 //! Label values come only from config (route and upstream names) and from closed sets
 //! (methods, status codes, error codes) — never from paths, ids or peer addresses.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Histogram buckets for request durations: the OpenTelemetry defaults with sub-millisecond
 /// buckets in front, since a sidecar's own answers (errors, fast upstreams) are that quick.
@@ -52,7 +54,13 @@ pub struct Metrics {
     /// `outrigger_log_lines_suppressed_total{kind}`
     pub log_lines_suppressed: IntCounterVec,
     /// `outrigger_internal_errors_total`: bugs in outrigger, each answered 500 and logged at error.
-    pub internal_errors: prometheus::IntCounter,
+    pub internal_errors: IntCounter,
+    /// `outrigger_upstream_latency_inflation_ratio{upstream}`: recent latency over its baseline.
+    pub latency_inflation: GaugeVec,
+    /// `outrigger_spans_exported_total`: spans the OTLP collector accepted.
+    pub spans_exported: IntCounter,
+    /// `outrigger_spans_dropped_total{reason}`: spans lost (`queue_full`, `export_failed`).
+    pub spans_dropped: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
@@ -129,7 +137,32 @@ impl Metrics {
             &["route"],
         )?;
         r.register(Box::new(proxy_overhead.clone()))?;
+        let latency_inflation = GaugeVec::new(
+            Opts::new(
+                "outrigger_upstream_latency_inflation_ratio",
+                "Recent upstream latency (moving average) over its long-term baseline; 1 is normal, 2 is twice as slow.",
+            ),
+            &["upstream"],
+        )?;
+        r.register(Box::new(latency_inflation.clone()))?;
+        let spans_exported = IntCounter::new(
+            "outrigger_spans_exported_total",
+            "Spans accepted by the OTLP collector.",
+        )?;
+        r.register(Box::new(spans_exported.clone()))?;
+        let spans_dropped = counter(
+            &r,
+            "outrigger_spans_dropped_total",
+            "Spans not exported: queue_full (the collector is slower than the traffic) or export_failed (the collector refused or was unreachable).",
+            &["reason"],
+        )?;
+        for reason in ["queue_full", "export_failed"] {
+            spans_dropped.with_label_values(&[reason]);
+        }
         Ok(Metrics {
+            latency_inflation,
+            spans_exported,
+            spans_dropped,
             proxy_overhead,
             server_duration,
             client_duration,
@@ -195,7 +228,7 @@ impl Metrics {
                 &["kind"],
             )?,
             internal_errors: {
-                let c = prometheus::IntCounter::new(
+                let c = IntCounter::new(
                     "outrigger_internal_errors_total",
                     "Bugs in outrigger: requests answered 500 internal (see the error log).",
                 )?;

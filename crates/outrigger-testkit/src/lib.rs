@@ -15,6 +15,7 @@
 
 mod echo;
 mod grpc;
+pub mod otlp;
 mod paths;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub use echo::{EchoClient, EchoReply, EchoRequest, EchoService, EchoUpstream};
 pub use grpc::GrpcUpstream;
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 
 /// How the upstream behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
