@@ -166,3 +166,81 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join(tool))
         .find(|p| p.is_file())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_much_slower_than_its_baseline_is_reported_and_its_recovery_too() {
+    let up = Upstream::start(Mode::Delay(Duration::from_millis(20))).await;
+    let yaml = format!(
+        "{}telemetry:\n  latency_inflation: {{baseline: 60s, recent: 200ms, alert_ratio: 2}}\n",
+        config(&[up.addr()], DEFAULT_ROUTE)
+    );
+    let proxy = Outrigger::start(&yaml);
+    let client = http1_client();
+    let get = || {
+        send(
+            &client,
+            http::Request::get(proxy.url("/")).body(Default::default()).unwrap(),
+        )
+    };
+
+    // A baseline of 20 ms: warmed up once thirty 20 ms buckets have seen traffic.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert_eq!(get().await.status, 200);
+        let ratio = proxy
+            .metric("outrigger_upstream_latency_inflation_ratio", &["upstream=\"app\""])
+            .await;
+        if ratio > 0.0 {
+            assert!(ratio < 1.6, "steady traffic reads about 1: {ratio}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the baseline never warmed up");
+    }
+
+    // Six times slower: one warning that says how much, against what.
+    up.set_mode(Mode::Delay(Duration::from_millis(120)));
+    let warned = loop {
+        assert_eq!(get().await.status, 200);
+        if let Some(l) = proxy
+            .logs()
+            .into_iter()
+            .find(|l| l["kind"] == "latency" && l["level"] == "warn")
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no inflation warning");
+    };
+    let msg = warned["msg"].as_str().unwrap();
+    assert!(
+        msg.starts_with("'app' is ") && msg.contains("x slower than its 1m baseline (recent average "),
+        "{warned}"
+    );
+    assert!(warned["ratio"].as_f64().unwrap() >= 2.0, "{warned}");
+    assert!(warned["baseline_ms"].as_f64().unwrap() < 60.0, "{warned}");
+    assert!(
+        proxy
+            .metric("outrigger_upstream_latency_inflation_ratio", &["upstream=\"app\""])
+            .await
+            >= 2.0
+    );
+
+    // Fast again: the recovery is logged once.
+    up.set_mode(Mode::Delay(Duration::from_millis(20)));
+    loop {
+        assert_eq!(get().await.status, 200);
+        if proxy
+            .logs()
+            .iter()
+            .any(|l| l["kind"] == "latency" && l["level"] == "info")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery line");
+    }
+    let warnings = proxy
+        .logs()
+        .iter()
+        .filter(|l| l["kind"] == "latency" && l["level"] == "warn")
+        .count();
+    assert_eq!(warnings, 1, "one warning per episode");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::decode::{Cx, Fields};
 use crate::schema::{CircuitBreaker, Pool, Retry, RetryOn};
 
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")

@@ -870,7 +870,7 @@ fn errors_section(cx: &mut Cx, n: &Node, p: &str) -> Option<Errors> {
 }
 
 fn telemetry_section(cx: &mut Cx, n: &Node, p: &str) -> Option<Telemetry> {
-    let f = cx.fields(n, p, &["service_name", "tracing", "logs"]);
+    let f = cx.fields(n, p, &["service_name", "tracing", "logs", "latency_inflation"]);
     let d = Telemetry::default();
     let tracing = f
         .opt(cx, "tracing", |cx, n, p| {
@@ -971,9 +971,45 @@ fn telemetry_section(cx: &mut Cx, n: &Node, p: &str) -> Option<Telemetry> {
             })
         })
         .unwrap_or_default();
+    let latency_inflation = f
+        .opt(cx, "latency_inflation", |cx, n, p| {
+            let l = cx.fields(n, p, &["baseline", "recent", "alert_ratio"]);
+            let d = LatencyInflation::default();
+            let li = LatencyInflation {
+                baseline: l.or(cx, "baseline", d.baseline, positive_duration),
+                recent: l.or(cx, "recent", d.recent, positive_duration),
+                alert_ratio: l.or(cx, "alert_ratio", d.alert_ratio, non_negative),
+            };
+            if li.recent >= li.baseline {
+                cx.error(
+                    n.pos,
+                    p,
+                    format!(
+                        "`recent` ({}) is not shorter than `baseline` ({}): the ratio would always be about 1",
+                        crate::lint::human(li.recent),
+                        crate::lint::human(li.baseline)
+                    ),
+                    "make `baseline` much longer than `recent`, e.g. baseline: 10m, recent: 10s",
+                );
+            }
+            if li.alert_ratio > 0.0 && li.alert_ratio <= 1.0 {
+                cx.error(
+                    n.pos,
+                    p,
+                    format!(
+                        "alert_ratio {} would warn while the upstream is as fast as usual",
+                        li.alert_ratio
+                    ),
+                    "use a ratio above 1 (2 warns at twice as slow), or 0 to never warn",
+                );
+            }
+            Some(li)
+        })
+        .unwrap_or_default();
     Some(Telemetry {
         service_name: f.or(cx, "service_name", d.service_name, non_empty_string),
         tracing,
         logs,
+        latency_inflation,
     })
 }

@@ -538,6 +538,8 @@ pub struct Telemetry {
     pub tracing: Tracing,
     /// Logs.
     pub logs: Logs,
+    /// Upstream latency against its own baseline.
+    pub latency_inflation: LatencyInflation,
 }
 
 impl Default for Telemetry {
@@ -546,6 +548,28 @@ impl Default for Telemetry {
             service_name: "outrigger".to_owned(),
             tracing: Tracing::default(),
             logs: Logs::default(),
+            latency_inflation: LatencyInflation::default(),
+        }
+    }
+}
+
+/// `outrigger_upstream_latency_inflation_ratio` and its warning.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatencyInflation {
+    /// Time constant of the long-term average.
+    pub baseline: Duration,
+    /// Time constant of the recent average.
+    pub recent: Duration,
+    /// Recent over baseline at which a warning is logged (0: never).
+    pub alert_ratio: f64,
+}
+
+impl Default for LatencyInflation {
+    fn default() -> Self {
+        LatencyInflation {
+            baseline: Duration::from_secs(600),
+            recent: Duration::from_secs(10),
+            alert_ratio: 2.0,
         }
     }
 }

@@ -355,3 +355,28 @@ fn defaults_fill_every_optional_setting() {
     assert!(c.errors.normalize_upstream_5xx);
     assert!(c.telemetry.logs.redact_headers.contains(&"authorization".to_owned()));
 }
+
+#[test]
+fn latency_inflation_windows_and_ratio_must_make_sense() {
+    let base = format!("{BASE_LISTENERS}{BASE_UPSTREAMS}{BASE_ROUTES}");
+    assert_eq!(
+        one(&format!(
+            "{base}telemetry:\n  latency_inflation: {{baseline: 10s, recent: 30s}}\n"
+        )),
+        "10:22 telemetry.latency_inflation: `recent` (30s) is not shorter than `baseline` (10s): the ratio would always be about 1 \
+         | make `baseline` much longer than `recent`, e.g. baseline: 10m, recent: 10s"
+    );
+    let p = one(&format!(
+        "{base}telemetry:\n  latency_inflation: {{alert_ratio: 0.5}}\n"
+    ));
+    assert!(
+        p.contains("alert_ratio 0.5 would warn while the upstream is as fast as usual"),
+        "{p}"
+    );
+    assert_eq!(
+        problems(&format!(
+            "{base}telemetry:\n  latency_inflation: {{baseline: 30m, recent: 5s, alert_ratio: 0}}\n"
+        )),
+        Vec::<String>::new()
+    );
+}

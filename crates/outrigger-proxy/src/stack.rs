@@ -156,7 +156,7 @@ impl Shared {
         let upstreams: Vec<Arc<UpstreamRt>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(UpstreamRt::new(u, &metrics)))
+            .map(|u| Arc::new(UpstreamRt::new(u, &config.telemetry.latency_inflation, &metrics)))
             .collect();
         let routes = config
             .routes
@@ -517,6 +517,9 @@ impl Shared {
                 Tried::Failed(e) if matches!(e.kind, ErrorKind::UpstreamTimeout { .. }) => Some(took),
                 Tried::Failed(_) => None,
             };
+            if let Some(took) = latency {
+                upstream.observe_latency(took);
+            }
             if let Health::Ejected(period) = upstream.endpoints.record(&endpoint, failed, latency, backoff) {
                 tracing::warn!(
                     kind = "outlier",
@@ -573,6 +576,9 @@ impl Shared {
                 Tried::Answered(a) => retry::retry_after(a.response.headers()),
                 Tried::Failed(_) => None,
             };
+            if let Some(took) = latency {
+                upstream.observe_latency(took);
+            }
             match route.retry.decide(n, reason, remaining, upstream_wait) {
                 Decision::Stop => {
                     done.decided(NextStep::stop(reason));

@@ -7,8 +7,10 @@ use std::time::Duration;
 use http::{Request, Response, Version};
 use tokio::time::Instant;
 
-use outrigger_config::{Protocol, Upstream};
+use outrigger_config::{LatencyInflation, Protocol, Upstream};
+use outrigger_resilience::inflation::{Change, InflationSettings, LatencyBaseline};
 use outrigger_telemetry::Metrics;
+use prometheus::Gauge;
 
 use crate::balance::Endpoints;
 use crate::body::RequestBody;
@@ -27,6 +29,14 @@ pub struct UpstreamRt {
     protocol: Protocol,
     idle_timeout: Duration,
     races: Mutex<RaceTracker>,
+    latency: LatencyWatch,
+}
+
+/// The upstream's latency against its own baseline: the inflation gauge and its warning.
+struct LatencyWatch {
+    baseline: Mutex<LatencyBaseline>,
+    ratio: Gauge,
+    settings: LatencyInflation,
 }
 
 /// The result of one attempt that failed.
@@ -47,7 +57,7 @@ pub struct AttemptResponse {
 
 impl UpstreamRt {
     /// Builds the runtime form of a configured upstream. No connection is made yet.
-    pub fn new(cfg: &Upstream, metrics: &Metrics) -> Self {
+    pub fn new(cfg: &Upstream, inflation: &LatencyInflation, metrics: &Metrics) -> Self {
         let name = cfg.name.as_str();
         UpstreamRt {
             name: name.into(),
@@ -65,6 +75,64 @@ impl UpstreamRt {
             protocol: cfg.protocol,
             idle_timeout: cfg.pool.idle_timeout,
             races: Mutex::new(RaceTracker::default()),
+            latency: LatencyWatch {
+                baseline: Mutex::new(LatencyBaseline::new(
+                    InflationSettings {
+                        baseline: inflation.baseline,
+                        recent: inflation.recent,
+                        alert_ratio: if inflation.alert_ratio > 0.0 {
+                            inflation.alert_ratio
+                        } else {
+                            f64::INFINITY
+                        },
+                    },
+                    Instant::now().into_std(),
+                )),
+                ratio: metrics.latency_inflation.with_label_values(&[name]),
+                settings: inflation.clone(),
+            },
+        }
+    }
+
+    /// Folds one attempt's time to its response head (or to its timeout) into the latency
+    /// baseline; logs when the upstream becomes (or stops being) much slower than usual.
+    pub fn observe_latency(&self, took: Duration) {
+        let finished = self
+            .latency
+            .baseline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(took, Instant::now().into_std());
+        let Some((reading, change)) = finished else { return };
+        self.latency.ratio.set((reading.ratio * 100.0).round() / 100.0);
+        let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;
+        let window = humantime::format_duration(self.latency.settings.baseline);
+        match change {
+            Some(Change::Inflated(r)) => tracing::warn!(
+                kind = "latency",
+                upstream = %self.name,
+                ratio = (r.ratio * 10.0).round() / 10.0,
+                recent_ms = ms(r.recent),
+                baseline_ms = ms(r.baseline),
+                "'{}' is {:.1}x slower than its {window} baseline (recent average {} vs {}).",
+                self.name,
+                r.ratio,
+                outrigger_resilience::humanize(r.recent),
+                outrigger_resilience::humanize(r.baseline),
+            ),
+            Some(Change::Recovered(r)) => tracing::info!(
+                kind = "latency",
+                upstream = %self.name,
+                ratio = (r.ratio * 10.0).round() / 10.0,
+                recent_ms = ms(r.recent),
+                baseline_ms = ms(r.baseline),
+                "'{}' is back to {:.1}x its {window} baseline (recent average {} vs {}).",
+                self.name,
+                r.ratio,
+                outrigger_resilience::humanize(r.recent),
+                outrigger_resilience::humanize(r.baseline),
+            ),
+            None => {}
         }
     }
 

@@ -9,12 +9,14 @@ pub mod breaker;
 pub mod budget;
 pub mod deadline;
 pub mod ewma;
+pub mod inflation;
 pub mod outlier;
 mod window;
 
 pub use breaker::{Admission, Breaker, BreakerSettings, BreakerState, Call, Transition};
 pub use budget::RetryBudget;
 pub use ewma::PeakEwma;
+pub use inflation::{InflationSettings, LatencyBaseline};
 pub use outlier::{Outlier, OutlierSettings};
 
 /// A duration as a person writes it: `250ms`, `2s`, `1.5s`, `40µs`.
