@@ -244,3 +244,81 @@ async fn an_upstream_much_slower_than_its_baseline_is_reported_and_its_recovery_
         .count();
     assert_eq!(warnings, 1, "one warning per episode");
 }
+
+async fn admin_put(proxy: &Outrigger, path_and_query: &str) -> (u16, String) {
+    let resp = raw_request(
+        proxy.admin,
+        format!("PUT {path_and_query} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let status = resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (
+        status,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn the_log_level_changes_at_run_time_through_the_admin_port_and_can_revert_itself() {
+    let up = Upstream::start(Mode::Ok).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let debug_lines = |p: &Outrigger| {
+        p.logs()
+            .iter()
+            .filter(|l| l["level"] == "debug" && l["msg"] == "client connection ended with an error")
+            .count()
+    };
+    assert_eq!(
+        proxy.admin_get("/debug/log_level").await,
+        (200, "{\"level\":\"info\"}\n".to_owned())
+    );
+
+    // At info, a broken client connection is not worth a line.
+    raw_request(proxy.inbound(), b"NOT HTTP\r\n\r\n").await;
+    // A full request and its access line later, that connection's task has long finished.
+    let reply = get(&proxy.url("/")).await;
+    proxy.access_log(reply.header("x-request-id")).await;
+    let (status, body) = admin_put(&proxy, "/debug/log_level?level=debug").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, "{\"level\":\"debug\",\"previous\":\"info\"}\n");
+    let changed = proxy.wait_for_log(|l| l["kind"] == "admin").await;
+    assert_eq!(
+        changed["msg"],
+        "Log level changed from info to debug by 127.0.0.1 through the admin port."
+    );
+    assert_eq!(changed["level"], "warn", "a level change is always visible");
+    // At debug it is.
+    raw_request(proxy.inbound(), b"NOT HTTP\r\n\r\n").await;
+    proxy
+        .wait_for_log(|l| l["level"] == "debug" && l["msg"] == "client connection ended with an error")
+        .await;
+    assert_eq!(debug_lines(&proxy), 1, "only the connection broken after the change");
+
+    // A timed change puts the previous level back by itself.
+    let (status, body) = admin_put(&proxy, "/debug/log_level?level=error&for=300ms").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"reverts_after_s\":0.3"), "{body}");
+    let back = proxy
+        .wait_for_log(|l| l["kind"] == "admin" && l["to"] == "debug" && l["msg"].as_str().unwrap().contains("back"))
+        .await;
+    assert_eq!(back["msg"], "Log level is back to debug after 300ms.");
+    assert_eq!(proxy.admin_get("/debug/log_level").await.1, "{\"level\":\"debug\"}\n");
+
+    // Mistakes get a specific answer and change nothing.
+    let (status, body) = admin_put(&proxy, "/debug/log_level?level=verbose").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "unknown log level `verbose`: use one of trace, debug, info, warn, error\n"
+    );
+    let (status, body) = admin_put(&proxy, "/debug/log_level?level=info&for=soon").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "invalid `for`: write a duration such as 30s or 10m\n")
+    );
+    assert_eq!(admin_put(&proxy, "/debug/log_level").await.0, 400);
+    assert_eq!(proxy.admin_get("/debug/log_level").await.1, "{\"level\":\"debug\"}\n");
+}

@@ -1,9 +1,11 @@
 //! The admin listener: `/metrics`, `/healthz` (the process serves), `/readyz` (listeners
-//! bound, config loaded, not draining). `/debug/*` answers loopback clients only.
+//! bound, config loaded, not draining), `/debug/log_level` (read or change the log level).
+//! `/debug/*` answers loopback clients only.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -22,6 +24,8 @@ use outrigger_telemetry::Metrics;
 pub(crate) struct AdminState {
     pub(crate) metrics: Metrics,
     pub(crate) ready: Arc<AtomicBool>,
+    /// Bumped by every log-level change, so a timed revert only undoes its own change.
+    pub(crate) level_changes: AtomicU64,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -39,18 +43,25 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut sto
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req, peer.ip().is_loopback())) }
+                async move { Ok::<_, Infallible>(answer(&state, &req, peer.ip())) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-fn answer(state: &AdminState, req: &Request<Incoming>, loopback: bool) -> Response<Full<Bytes>> {
+fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path.starts_with("/debug/") && !peer.is_loopback() {
+        return text(StatusCode::FORBIDDEN, "/debug/* answers loopback clients only\n");
+    }
+    if path == "/debug/log_level" {
+        return log_level(state, req, peer);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
-    match req.uri().path() {
+    match path {
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
@@ -62,11 +73,99 @@ fn answer(state: &AdminState, req: &Request<Incoming>, loopback: bool) -> Respon
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n"),
-        p if p.starts_with("/debug/") && !loopback => {
-            text(StatusCode::FORBIDDEN, "/debug/* answers loopback clients only\n")
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz, /readyz or /debug/log_level\n",
+        ),
     }
+}
+
+/// `GET /debug/log_level` reads the level of event lines; `PUT` (or `POST`)
+/// `/debug/log_level?level=debug&for=10m` changes it, and with `for` puts it back afterwards
+/// (so a debugging session cannot leave a node logging at `debug` for good).
+fn log_level(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
+    let current = outrigger_telemetry::logging::level().unwrap_or_default();
+    match *req.method() {
+        Method::GET | Method::HEAD => return json(StatusCode::OK, &serde_json::json!({ "level": current })),
+        Method::PUT | Method::POST => {}
+        _ => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET, or PUT ?level=debug[&for=10m]\n",
+            );
+        }
+    }
+    let query = req.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let Some(level) = param("level") else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing ?level=: use one of trace, debug, info, warn, error (and optionally &for=10m)\n",
+        );
+    };
+    let revert_after = match param("for").map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "invalid `for`: write a duration such as 30s or 10m\n",
+            );
+        }
+    };
+    let previous = match outrigger_telemetry::logging::set_level(level) {
+        Ok(p) => p,
+        Err(e) => return text_owned(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let change = state.level_changes.fetch_add(1, Ordering::Relaxed) + 1;
+    let until = revert_after.map_or(String::new(), |d| {
+        format!(" for {} (then back to {previous})", humantime::format_duration(d))
+    });
+    tracing::warn!(
+        kind = "admin",
+        from = %previous,
+        to = %level,
+        client = %peer,
+        "Log level changed from {previous} to {level}{until} by {peer} through the admin port."
+    );
+    if let Some(after) = revert_after {
+        let state = state.clone();
+        let back_to = previous.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // A later change wins: only undo this one.
+            if state.level_changes.load(Ordering::Relaxed) == change
+                && outrigger_telemetry::logging::set_level(&back_to).is_ok()
+            {
+                tracing::warn!(kind = "admin", to = %back_to, "Log level is back to {back_to} after {}.", humantime::format_duration(after));
+            }
+        });
+    }
+    let mut body = serde_json::json!({ "level": level, "previous": previous });
+    if let Some(d) = revert_after {
+        body["reverts_after_s"] = d.as_secs_f64().into();
+    }
+    json(StatusCode::OK, &body)
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{v}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text_owned(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = text(status, "");
+    *r.body_mut() = Full::new(Bytes::from(body));
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -158,10 +158,11 @@ impl Proxy {
             Arc::new(admin::AdminState {
                 metrics,
                 ready: ready.clone(),
+                level_changes: std::sync::atomic::AtomicU64::new(0),
             }),
             stop_rx.clone(),
         ));
-        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz.", admin.1);
+        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level.", admin.1);
         for (i, ((listener, addr), cfg)) in listeners.into_iter().zip(&config.listeners).enumerate() {
             tracing::info!(
                 kind = "lifecycle",

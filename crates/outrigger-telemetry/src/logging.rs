@@ -9,11 +9,13 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
+use std::sync::{Mutex, OnceLock};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::reload;
 
 /// Installs the JSON log layer as the global subscriber, writing events at `level` and more
 /// severe. `OUTRIGGER_LOG` (an `EnvFilter` directive such as `debug` or `outrigger_proxy=trace`)
@@ -22,14 +24,57 @@ pub fn init(level: &str) {
     let filter = std::env::var("OUTRIGGER_LOG")
         .ok()
         .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::EnvFilter::new(format!(
-                "warn,outrigger={level},outrigger_proxy={level},outrigger_config={level},outrigger_telemetry={level}"
-            ))
-        });
-    let _ = tracing_subscriber::registry()
+        .unwrap_or_else(|| filter_for(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    if tracing_subscriber::registry()
         .with(JsonLines.with_filter(filter))
-        .try_init();
+        .try_init()
+        .is_ok()
+    {
+        let _ = LEVEL.set(Reloadable {
+            handle,
+            level: Mutex::new(level.to_owned()),
+        });
+    }
+}
+
+/// Our crates at `level`, everything else (hyper, h2, tonic) at `warn`.
+fn filter_for(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!(
+        "warn,outrigger={level},outrigger_proxy={level},outrigger_config={level},outrigger_telemetry={level}"
+    ))
+}
+
+/// The installed filter, replaceable at run time (`PUT /debug/log_level` on the admin port).
+struct Reloadable {
+    handle: reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+    level: Mutex<String>,
+}
+
+static LEVEL: OnceLock<Reloadable> = OnceLock::new();
+
+/// The levels a person can ask for.
+pub const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// The current log level of event lines (`None` before [`init`]).
+pub fn level() -> Option<String> {
+    LEVEL
+        .get()
+        .map(|r| r.level.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// Changes the level of event lines at run time; returns the previous level.
+/// Access lines are not affected: `telemetry.logs.access_log` switches those.
+pub fn set_level(level: &str) -> Result<String, String> {
+    if !LEVELS.contains(&level) {
+        return Err(format!("unknown log level `{level}`: use one of {}", LEVELS.join(", ")));
+    }
+    let r = LEVEL.get().ok_or("logging is not initialised")?;
+    let mut current = r.level.lock().unwrap_or_else(|p| p.into_inner());
+    r.handle
+        .reload(filter_for(level))
+        .map_err(|e| format!("cannot change the log level: {e}"))?;
+    Ok(std::mem::replace(&mut *current, level.to_owned()))
 }
 
 /// The layer that writes one JSON object per event to stdout.
