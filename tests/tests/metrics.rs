@@ -171,7 +171,12 @@ async fn each_metric_moves_under_its_kind_of_traffic_and_no_other() {
     );
     assert_eq!(moved(&s3, &s4, "outrigger_retries_total", &[]), 1.0);
     assert_eq!(
-        moved(&s3, &s4, CLIENT, &["upstream=\"app\"", "http_response_status_code=\"503\""]),
+        moved(
+            &s3,
+            &s4,
+            CLIENT,
+            &["upstream=\"app\"", "http_response_status_code=\"503\""]
+        ),
         1.0
     );
     assert_eq!(
