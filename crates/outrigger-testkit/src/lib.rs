@@ -157,6 +157,20 @@ impl Upstream {
     }
 }
 
+/// Serves the fast upstream (`Mode::Ok`) on 127.0.0.1:`port` until the task is dropped: the
+/// benchmark harness runs it as its own pinned process.
+pub async fn serve_fast(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the upstream port");
+    let mode = Arc::new(Mutex::new(Plan {
+        mode: Mode::Ok,
+        fail_left: 0,
+        fail_mode: Mode::Ok,
+    }));
+    accept(listener, mode, Arc::new(Seen::default())).await;
+}
+
 /// An address on loopback where nothing listens: connecting is refused.
 pub fn refused_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
