@@ -54,6 +54,10 @@ enum Command {
         /// Also copy the table and chart to `docs/performance/`.
         #[arg(long)]
         publish: bool,
+        /// The outrigger binary to measure (default: the release build beside this harness),
+        /// for A/B runs of a change.
+        #[arg(long)]
+        outrigger: Option<PathBuf>,
     },
     /// Serves the testkit's fast upstream on 127.0.0.1:PORT until killed.
     Upstream {
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             upstream,
             out,
             publish,
+            outrigger,
         } => {
             let plan = compare::Plan {
                 rounds: if quick { 1 } else { rounds.max(1) },
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
                 upstream,
                 out,
                 publish,
+                outrigger,
             };
             match compare::run(&plan) {
                 Ok(()) => ExitCode::SUCCESS,

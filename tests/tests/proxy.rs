@@ -226,14 +226,14 @@ async fn balancing_prefers_the_faster_endpoint_and_reuses_pooled_connections() {
     let fast = Upstream::start(Mode::Ok).await;
     let proxy = Outrigger::start(&config(&[slow.addr(), fast.addr()], DEFAULT_ROUTE));
     let c = http1_client();
+    let mut last = String::new();
     for _ in 0..20 {
-        assert_eq!(
-            send(&c, http::Request::get(proxy.url("/")).body(Full::default()).unwrap())
-                .await
-                .status,
-            200
-        );
+        let reply = send(&c, http::Request::get(proxy.url("/")).body(Full::default()).unwrap()).await;
+        assert_eq!(reply.status, 200);
+        last = reply.header("x-request-id").to_owned();
     }
+    // Access lines are written in batches, in order: once the last is out, all are.
+    proxy.access_log(&last).await;
     // P2C with a peak-EWMA cost: once the slow endpoint has answered slowly it loses every
     // comparison, so it sees at most the first couple of requests.
     assert!(slow.requests() <= 2, "slow endpoint got {} of 20", slow.requests());

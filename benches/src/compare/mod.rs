@@ -22,6 +22,7 @@ pub(crate) struct Plan {
     pub(crate) upstream: String,
     pub(crate) out: PathBuf,
     pub(crate) publish: bool,
+    pub(crate) outrigger: Option<PathBuf>,
 }
 
 /// A kind of traffic.
@@ -98,7 +99,10 @@ pub(crate) fn run(plan: &Plan) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let work = out.join("tools");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let tools = tools::find_or_install(&work);
+    let mut tools = tools::find_or_install(&work);
+    if let Some(bin) = &plan.outrigger {
+        tools.outrigger = bin.clone();
+    }
 
     let mut results = Results::default();
     let variants: Vec<&Variant> = VARIANTS

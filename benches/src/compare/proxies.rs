@@ -251,7 +251,7 @@ fn haproxy(v: &Variant, port: u16, up: SocketAddr, tools: &Tools, dir: &Path, lo
         ""
     };
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn 100000\n\
+        "global\n  nbthread 1\n  maxconn 8000\n\
          defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n{logging}\
          frontend inbound\n  bind 127.0.0.1:{port}\n  default_backend app\n\
          backend app\n  server s1 {up} maxconn 100000\n"

@@ -50,13 +50,22 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Transfer-Encoding`, and `Upgrade` unless this proxy is performing the upgrade — in which
 /// case `Connection: upgrade` is put back.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    let named: Vec<HeaderName> = headers
+    // Usually `Connection: keep-alive` or nothing: no list to build then.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            continue; // Keep-Alive is removed below; `close` names no header.
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
     for name in named {
         if !(upgrading && name == UPGRADE) && name != TE {
             headers.remove(&name);
@@ -81,27 +90,55 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
-/// Appends the peer to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
-pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) {
-    let peer_text = peer.to_string();
-    append_list(headers, X_FORWARDED_FOR, &peer_text);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    // RFC 7239: an IPv6 node is quoted and bracketed.
-    let element = match peer {
-        IpAddr::V4(_) => format!("for={peer_text};proto={proto}"),
-        IpAddr::V6(_) => format!("for=\"[{peer_text}]\";proto={proto}"),
-    };
-    append_list(headers, FORWARDED, &element);
+/// A client connection's forwarding header values, made once per connection so that a request
+/// without forwarding headers of its own costs no allocation.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    proto: &'static str,
+    /// The peer, as an `X-Forwarded-For` element.
+    xff: Option<HeaderValue>,
+    /// `for=<peer>;proto=<proto>`, as a `Forwarded` element (RFC 7239: IPv6 quoted and bracketed).
+    forwarded: Option<HeaderValue>,
 }
 
-fn append_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {item}"),
-        _ => item.to_owned(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        headers.insert(name, v);
+impl Forwarding {
+    /// The values for a connection from `peer` over `proto`.
+    pub fn new(peer: IpAddr, proto: &'static str) -> Self {
+        let element = match peer {
+            IpAddr::V4(_) => format!("for={peer};proto={proto}"),
+            IpAddr::V6(_) => format!("for=\"[{peer}]\";proto={proto}"),
+        };
+        Forwarding {
+            proto,
+            xff: HeaderValue::from_str(&peer.to_string()).ok(),
+            forwarded: HeaderValue::from_str(&element).ok(),
+        }
     }
+}
+
+/// Appends the peer to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
+pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
+    append_list(headers, X_FORWARDED_FOR, f.xff.as_ref());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
+    append_list(headers, FORWARDED, f.forwarded.as_ref());
+}
+
+fn append_list(headers: &mut HeaderMap, name: HeaderName, item: Option<&HeaderValue>) {
+    let Some(item) = item else { return };
+    let joined = match headers.get(&name).map(HeaderValue::as_bytes) {
+        Some(existing) if !existing.is_empty() => {
+            let mut v = Vec::with_capacity(existing.len() + 2 + item.len());
+            v.extend_from_slice(existing);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(item.as_bytes());
+            match HeaderValue::from_bytes(&v) {
+                Ok(v) => v,
+                Err(_) => return,
+            }
+        }
+        _ => item.clone(),
+    };
+    headers.insert(name, joined);
 }
 
 /// Whether every `%` in `path` starts a valid escape (`%` and two hex digits).
@@ -194,7 +231,7 @@ mod tests {
     fn forwarding_headers_append() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
-        add_forwarding(&mut h, "::1".parse().unwrap(), "http");
+        add_forwarding(&mut h, &Forwarding::new("::1".parse().unwrap(), "http"));
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7, ::1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http");

@@ -16,6 +16,7 @@ mod record;
 pub mod replay;
 pub mod retry;
 pub mod router;
+mod series;
 mod server;
 pub mod stack;
 pub mod trace;

@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 use http::header::HeaderValue;
 use http::{Method, Request, Uri, Version};
 use hyper::body::Incoming;
-use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use outrigger_resilience::humanize as humanize_ms;
 use outrigger_telemetry::Level;
+use outrigger_telemetry::logging::JsonLine;
 use outrigger_telemetry::spans::{
     Attribute, FinishedSpan, SpanContext, SpanEvents, SpanId, SpanKind, SpanLinks, SpanQueue, Status, TraceFlags,
     TraceId, TraceState,
@@ -21,6 +21,7 @@ use outrigger_telemetry::spans::{
 use crate::error::{ErrorClass, ProxyError};
 use crate::pool::{ConnInfo, EndpointPool};
 use crate::retry::Reason;
+use crate::series::{method_label, status_label};
 use crate::stack::{RouteRt, Shared};
 
 /// One try at the upstream, as the access log and metrics tell it.
@@ -116,36 +117,38 @@ impl Attempt {
         }
     }
 
-    fn to_json(&self, n: usize) -> Value {
-        let mut a = Map::with_capacity(7);
-        a.insert("n".into(), n.into());
-        a.insert("endpoint".into(), self.endpoint.label().into());
+    /// The attempt as an element of the access line's `attempts` array; `body_broke` marks the
+    /// last attempt of a response whose body ended early (stage `body_stream`).
+    fn write_json(&self, n: usize, body_broke: bool, f: &mut JsonLine) {
+        f.begin_object("");
+        f.uint("n", n as u64);
+        f.str("endpoint", self.endpoint.label());
         if let Some(c) = self.conn {
-            a.insert("connection".into(), if c.reused { "reused" } else { "fresh" }.into());
+            f.str("connection", if c.reused { "reused" } else { "fresh" });
             if c.reused {
-                a.insert("idle_ms".into(), ms(c.idle_for).into());
+                f.num("idle_ms", ms(c.idle_for));
             }
         }
-        a.insert("duration_ms".into(), ms(self.took).into());
+        f.num("duration_ms", ms(self.took));
         match self.outcome {
-            AttemptOutcome::Status(s) => a.insert("status".into(), s.into()),
-            _ => a.insert("code".into(), self.code().into()),
+            AttemptOutcome::Status(s) => f.uint("status", u64::from(s)),
+            _ => f.str("code", self.code()),
         };
-        if let Some(stage) = self.stage() {
-            a.insert("stage".into(), stage.into());
+        if let Some(stage) = if body_broke { Some("body_stream") } else { self.stage() } {
+            f.str("stage", stage);
         }
-        a.insert("circuit_state".into(), self.circuit_state.into());
+        f.str("circuit_state", self.circuit_state);
         if let Some(next) = &self.next {
-            a.insert("next".into(), next.what.into());
-            a.insert("retry_reason".into(), next.reason.into());
+            f.str("next", next.what);
+            f.str("retry_reason", next.reason);
             if let Some(w) = next.wait {
-                a.insert("backoff_ms".into(), ms(w).into());
+                f.num("backoff_ms", ms(w));
             }
             if let Some(b) = next.budget_left {
-                a.insert("retry_budget_left".into(), ((b * 10.0).round() / 10.0).into());
+                f.num("retry_budget_left", (b * 10.0).round() / 10.0);
             }
         }
-        Value::Object(a)
+        f.end_object();
     }
 
     /// Where a failed attempt failed: `connect`, `write_request` (the client's body),
@@ -250,21 +253,19 @@ impl Completion {
 
     pub(crate) fn attempt(&mut self, attempt: Attempt) {
         if let Some(route) = &self.route {
-            let status = match attempt.outcome {
-                AttemptOutcome::Status(s) => s.to_string(),
-                _ => String::new(),
-            };
-            self.shared
-                .metrics
-                .client_duration
-                .with_label_values(&[
+            let series = match attempt.outcome {
+                AttemptOutcome::Status(s) => route.upstream.answered.get(&self.method, Some(s)),
+                _ => self.shared.metrics.client_duration.with_label_values(&[
                     &route.upstream.name,
-                    method_label(&self.method),
-                    &status,
+                    method_label(&self.method).0,
+                    "",
                     attempt.code(),
-                ])
-                .observe(attempt.took.as_secs_f64());
+                ]),
+            };
+            series.observe(attempt.took.as_secs_f64());
         }
+        // Most requests make one attempt: room for exactly one.
+        self.attempts.reserve_exact(1);
         self.attempts.push(attempt);
     }
 
@@ -344,18 +345,17 @@ impl Completion {
             (None, None) => (Some("client_cancelled"), Some(ErrorClass::Client.as_str())),
             (None, Some(_)) => (self.body_code, self.body_code.map(|_| ErrorClass::Upstream.as_str())),
         };
-        let status_label = self.status.map(|s| s.to_string()).unwrap_or_default();
-        self.shared
-            .metrics
-            .server_duration
-            .with_label_values(&[
+        let series = match (&self.route, code) {
+            (Some(route), None) => route.succeeded.get(&self.method, self.status),
+            _ => self.shared.metrics.server_duration.with_label_values(&[
                 route_name,
-                method_label(&self.method),
-                &status_label,
+                method_label(&self.method).0,
+                status_label(self.status),
                 code.unwrap_or(""),
                 class.unwrap_or(""),
-            ])
-            .observe(duration.as_secs_f64());
+            ]),
+        };
+        series.observe(duration.as_secs_f64());
 
         // Time spent waiting on the upstream: the attempts themselves, not the waits between them.
         let upstream: Duration = self.attempts.iter().map(|a| a.took).sum();
@@ -436,70 +436,71 @@ impl Completion {
                 )
             }
         };
-        let mut f = Map::with_capacity(16);
-        f.insert("request_id".into(), self.request_id.to_str().unwrap_or("").into());
-        f.insert("trace_id".into(), self.trace.trace_id_hex().into());
-        f.insert("span_id".into(), self.trace.span_id_hex().into());
+        let mut f = JsonLine::new(level, "access", &msg);
+        f.str("request_id", self.request_id.to_str().unwrap_or(""));
+        f.display("trace_id", format_args!("{:032x}", self.trace.trace_id));
+        f.display("span_id", format_args!("{:016x}", self.trace.span_id));
         if let Some(r) = &self.route {
-            f.insert("route".into(), (&*r.name).into());
-            f.insert("upstream".into(), (&*r.upstream.name).into());
+            f.str("route", &r.name);
+            f.str("upstream", &r.upstream.name);
         }
         if let Some(a) = self
             .attempts
             .last()
             .filter(|a| matches!(a.outcome, AttemptOutcome::Status(_)))
         {
-            f.insert("endpoint".into(), a.endpoint.label().into());
+            f.str("endpoint", a.endpoint.label());
         }
-        f.insert("method".into(), method.as_str().into());
-        f.insert("path".into(), path.into());
+        f.str("method", method.as_str());
+        f.str("path", path);
         if let Some(q) = self.uri.query().filter(|q| !q.is_empty()) {
-            f.insert("query".into(), redact_query(q, &self.shared.redact_query).into());
+            f.str("query", &redact_query(q, &self.shared.redact_query));
         }
-        f.insert("protocol".into(), version_label(self.version).into());
-        f.insert("status".into(), self.status.map_or(Value::Null, Value::from));
+        f.str("protocol", version_label(self.version));
+        match self.status {
+            Some(s) => f.uint("status", u64::from(s)),
+            None => f.null("status"),
+        };
         if let Some(c) = code {
-            f.insert("code".into(), c.into());
+            f.str("code", c);
         }
         if let Some(c) = class {
-            f.insert("class".into(), c.into());
+            f.str("class", c);
         }
-        f.insert("duration_ms".into(), ms(duration).into());
+        f.num("duration_ms", ms(duration));
         if !self.attempts.is_empty() {
-            f.insert("upstream_ms".into(), ms(upstream).into());
-            let mut attempts: Vec<Value> = self
-                .attempts
-                .iter()
-                .enumerate()
-                .map(|(i, a)| a.to_json(i + 1))
-                .collect();
-            if self.body_code.is_some()
-                && let Some(Value::Object(last)) = attempts.last_mut()
-            {
-                last.insert("stage".into(), "body_stream".into());
+            f.num("upstream_ms", ms(upstream));
+            f.begin_array("attempts");
+            let last = self.attempts.len();
+            for (i, a) in self.attempts.iter().enumerate() {
+                let body_broke = i + 1 == last && self.body_code.is_some();
+                a.write_json(i + 1, body_broke, &mut f);
             }
-            f.insert("attempts".into(), Value::Array(attempts));
+            f.end_array();
         }
         if self.status.is_none() {
-            f.insert("stage".into(), "client_cancelled".into());
+            f.str("stage", "client_cancelled");
         }
         if let Some(fault) = &self.fault {
-            f.insert("fault".into(), fault.as_str().into());
+            f.str("fault", fault);
         }
         if let Some((len, ty)) = &self.upstream_body {
-            f.insert("upstream_body_bytes".into(), len.map_or(Value::Null, Value::from));
-            f.insert(
-                "upstream_content_type".into(),
-                ty.as_deref().map_or(Value::Null, Value::from),
-            );
+            match len {
+                Some(l) => f.uint("upstream_body_bytes", *l),
+                None => f.null("upstream_body_bytes"),
+            };
+            match ty {
+                Some(t) => f.str("upstream_content_type", t),
+                None => f.null("upstream_content_type"),
+            };
         }
         if let Some(code) = self.fallback {
-            f.insert("fallback".into(), code.into());
+            f.str("fallback", code);
         }
         if let Some(c) = self.cause() {
-            f.insert("cause".into(), c.into());
+            f.str("cause", &c);
         }
-        outrigger_telemetry::logging::write_line(level, "access", &msg, f);
+        f.finish();
     }
 }
 
@@ -513,7 +514,7 @@ impl Completion {
         let start = end.checked_sub(duration).unwrap_or(end);
         let trace_id = TraceId::from(self.trace.trace_id);
         let server_id = SpanId::from(self.trace.span_id);
-        let method = method_label(&self.method);
+        let method = method_label(&self.method).0;
         let route = self.route.as_ref().map(|r| &*r.name);
 
         let mut attrs = Vec::with_capacity(14);
@@ -709,22 +710,6 @@ impl Drop for Completion {
 
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
-}
-
-/// The method as a bounded metric label: standard methods by name, others `_OTHER`.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
-    }
 }
 
 fn version_label(v: Version) -> &'static str {

@@ -75,6 +75,7 @@ pub(crate) async fn accept_loop(
             listener: index,
             peer,
             active: Arc::new(AtomicUsize::new(0)),
+            forwarding: crate::headers::Forwarding::new(peer.ip(), "http"),
         });
         tokio::spawn(serve_connection(
             stream,
@@ -127,8 +128,14 @@ async fn serve_connection(
     let mut last_seen = u64::MAX;
     let mut idle_since = tokio::time::Instant::now();
     let mut closing = false;
+    // Made once: the loop wakes on every read and write of the connection.
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "client connection ended with an error");
@@ -145,7 +152,7 @@ async fn serve_connection(
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = stop.wait_for(|s| *s), if !closing => {
+            () = &mut stopped, if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

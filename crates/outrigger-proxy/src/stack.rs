@@ -60,6 +60,8 @@ pub struct RouteRt {
     pub timeout: Duration,
     pub(crate) in_flight: IntGauge,
     pub(crate) overhead: prometheus::Histogram,
+    /// `http_server_request_duration_seconds` of its successful requests.
+    pub(crate) succeeded: crate::series::SuccessSeries,
     max_body_bytes: Option<u64>,
     retry: RetryRt,
     fallback: Option<FallbackRt>,
@@ -142,6 +144,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Requests in flight on this connection (the idle timeout only closes at zero).
     pub active: Arc<AtomicUsize>,
+    /// The forwarding header values for this peer, made once.
+    pub forwarding: headers::Forwarding,
 }
 
 /// How one attempt ended, before deciding whether to retry.
@@ -176,6 +180,7 @@ impl Shared {
                     timeout: r.timeout,
                     in_flight: metrics.in_flight.with_label_values(&[name]),
                     overhead: metrics.proxy_overhead.with_label_values(&[name]),
+                    succeeded: crate::series::SuccessSeries::new(metrics.server_duration.clone(), name, 2),
                     max_body_bytes: r.max_body_bytes,
                     retry: RetryRt::new(
                         name,
@@ -380,7 +385,7 @@ impl Shared {
         let upgrading = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        rewrite(&mut parts, absolute_form, listener.role, conn.peer, &request_id);
+        rewrite(&mut parts, absolute_form, listener.role, &conn.forwarding, &request_id);
         let replay_limit = route.retry.replay_limit(&parts.method);
         let empty = body.is_end_stream();
         let body = ClientBody::new(body, route.max_body_bytes, listener.body_idle);
@@ -483,9 +488,15 @@ impl Shared {
                             status == StatusCode::TOO_MANY_REQUESTS
                                 || a.response.headers().contains_key(http::header::RETRY_AFTER)
                         });
+                    let failed = upstream.circuit.status_fails(status.as_u16());
                     (
-                        upstream.circuit.status_fails(status.as_u16()),
-                        format!("status {}", status.as_u16()),
+                        failed,
+                        // Only a failure's description is ever read (by the breaker's "why").
+                        if failed {
+                            format!("status {}", status.as_u16())
+                        } else {
+                            String::new()
+                        },
                         AttemptOutcome::Status(status.as_u16()),
                         backoff,
                     )
@@ -797,7 +808,13 @@ fn located(kind: ErrorKind, route: &RouteRt) -> ProxyError {
 /// Turns the client's request head into the upstream's: origin-form URI with `Host` kept
 /// (or taken from the absolute-form authority), hop-by-hop headers out, forwarding headers
 /// in on inbound listeners, our request id and no fault header.
-fn rewrite(parts: &mut Parts, absolute_form: bool, role: Role, peer: SocketAddr, request_id: &HeaderValue) {
+fn rewrite(
+    parts: &mut Parts,
+    absolute_form: bool,
+    role: Role,
+    forwarding: &headers::Forwarding,
+    request_id: &HeaderValue,
+) {
     let upgrading = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
     if (absolute_form || !parts.headers.contains_key(HOST))
         && let Some(a) = parts
@@ -809,7 +826,7 @@ fn rewrite(parts: &mut Parts, absolute_form: bool, role: Role, peer: SocketAddr,
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrading);
     if role == Role::Inbound {
-        headers::add_forwarding(&mut parts.headers, peer.ip(), "http");
+        headers::add_forwarding(&mut parts.headers, forwarding);
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     parts.headers.remove(FAULT_HEADER);

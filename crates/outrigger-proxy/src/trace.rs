@@ -5,8 +5,6 @@
 //! All-zero ids, version `ff`, upper-case or bad hex, and wrong lengths make it invalid: a new
 //! trace starts and neither it nor `tracestate` is forwarded.
 
-use std::fmt::Write;
-
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 
@@ -156,17 +154,21 @@ impl TraceContext {
     /// A `traceparent` for one upstream attempt: same trace, a new span id (the attempt's
     /// client span), the sampled flag kept. Returns the header and the new span id.
     pub fn child(&self) -> (HeaderValue, u64) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let span = nonzero_u64();
-        let mut s = String::with_capacity(55);
-        let _ = write!(
-            s,
-            "00-{:032x}-{:016x}-{}",
-            self.trace_id,
-            span,
-            if self.sampled { "01" } else { "00" }
-        );
+        // `00-<trace>-<span>-<flags>`, written in place: one allocation (the header's own).
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for i in 0..32 {
+            buf[3 + i] = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for i in 0..16 {
+            buf[36 + i] = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        if self.sampled {
+            buf[54] = b'1';
+        }
         (
-            HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("")),
+            HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("")),
             span,
         )
     }

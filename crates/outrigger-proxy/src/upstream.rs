@@ -30,6 +30,8 @@ pub struct UpstreamRt {
     idle_timeout: Duration,
     races: Mutex<RaceTracker>,
     latency: LatencyWatch,
+    /// `http_client_request_duration_seconds` of attempts that got a response head.
+    pub(crate) answered: crate::series::SuccessSeries,
 }
 
 /// The upstream's latency against its own baseline: the inflation gauge and its warning.
@@ -75,6 +77,7 @@ impl UpstreamRt {
             protocol: cfg.protocol,
             idle_timeout: cfg.pool.idle_timeout,
             races: Mutex::new(RaceTracker::default()),
+            answered: crate::series::SuccessSeries::new(metrics.client_duration.clone(), name, 1),
             latency: LatencyWatch {
                 baseline: Mutex::new(LatencyBaseline::new(
                     InflationSettings {

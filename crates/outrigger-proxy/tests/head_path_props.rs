@@ -9,7 +9,9 @@
 )]
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use outrigger_proxy::headers::{add_forwarding, is_upgrade, request_id, strip_hop_by_hop, valid_percent_encoding};
+use outrigger_proxy::headers::{
+    Forwarding, add_forwarding, is_upgrade, request_id, strip_hop_by_hop, valid_percent_encoding,
+};
 use outrigger_proxy::router::split_authority;
 use outrigger_resilience::deadline::parse_grpc_timeout;
 use proptest::prelude::*;
@@ -73,7 +75,7 @@ proptest! {
         for te in h.get_all("te") {
             prop_assert_eq!(te.as_bytes(), b"trailers");
         }
-        add_forwarding(&mut h, "10.1.2.3".parse().unwrap(), "http");
+        add_forwarding(&mut h, &Forwarding::new("10.1.2.3".parse().unwrap(), "http"));
         prop_assert!(h.get("x-forwarded-for").unwrap().to_str().unwrap().ends_with("10.1.2.3"));
     }
 

@@ -5,6 +5,7 @@
 //! without one get `kind: "event"`. The `message` of a tracing event becomes `msg`.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::SystemTime;
 
@@ -25,6 +26,7 @@ pub fn init(level: &str) {
         .ok()
         .and_then(|s| tracing_subscriber::EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| filter_for(level));
+    start_flusher();
     let (filter, handle) = reload::Layer::new(filter);
     if tracing_subscriber::registry()
         .with(JsonLines.with_filter(filter))
@@ -86,6 +88,207 @@ impl<S: Subscriber> Layer<S> for JsonLines {
     }
 }
 
+/// One JSON log line written straight into a buffer: the access log's fast path (no map, no
+/// per-key allocation). Fields come out in the order they are added, after `ts`, `level`,
+/// `kind` and `msg`; [`JsonLine::finish`] hands the line to the buffered writer.
+pub struct JsonLine {
+    buf: String,
+    /// Whether the next member needs a comma (false right after `{` or `[`).
+    comma: bool,
+}
+
+impl JsonLine {
+    /// Starts a line with the four fields every line has.
+    pub fn new(level: Level, kind: &str, msg: &str) -> Self {
+        let mut line = JsonLine {
+            buf: String::with_capacity(768),
+            comma: true,
+        };
+        let _ = write!(
+            line.buf,
+            "{{\"ts\":\"{}\"",
+            humantime::format_rfc3339_millis(SystemTime::now())
+        );
+        line.str("level", level_word(&level));
+        line.str("kind", kind);
+        line.str("msg", msg);
+        line
+    }
+
+    /// `"key":` (or nothing, for an array element), after a comma when one is due.
+    fn key(&mut self, key: &str) {
+        if self.comma {
+            self.buf.push(',');
+        }
+        if !key.is_empty() {
+            // Keys are our own identifiers: nothing to escape.
+            self.buf.push('"');
+            self.buf.push_str(key);
+            self.buf.push_str("\":");
+        }
+        self.comma = true;
+    }
+
+    /// A string member (escaped).
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        escape_into(&mut self.buf, value);
+        self
+    }
+
+    /// A string member from `Display` output the caller knows needs no escaping (hex ids).
+    pub fn display(&mut self, key: &str, value: std::fmt::Arguments<'_>) -> &mut Self {
+        self.key(key);
+        self.buf.push('"');
+        let _ = self.buf.write_fmt(value);
+        self.buf.push('"');
+        self
+    }
+
+    /// An unsigned integer member.
+    pub fn uint(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.buf, "{value}");
+        self
+    }
+
+    /// A number member (`null` when not finite).
+    pub fn num(&mut self, key: &str, value: f64) -> &mut Self {
+        self.key(key);
+        if value.is_finite() {
+            let _ = write!(self.buf, "{value}");
+        } else {
+            self.buf.push_str("null");
+        }
+        self
+    }
+
+    /// A `null` member.
+    pub fn null(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.buf.push_str("null");
+        self
+    }
+
+    /// Opens an array member; add elements with an empty key, close with [`JsonLine::end_array`].
+    pub fn begin_array(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.buf.push('[');
+        self.comma = false;
+        self
+    }
+
+    /// Closes an array.
+    pub fn end_array(&mut self) -> &mut Self {
+        self.buf.push(']');
+        self.comma = true;
+        self
+    }
+
+    /// Opens an object (an array element when `key` is empty).
+    pub fn begin_object(&mut self, key: &str) -> &mut Self {
+        self.key(key);
+        self.buf.push('{');
+        self.comma = false;
+        self
+    }
+
+    /// Closes an object.
+    pub fn end_object(&mut self) -> &mut Self {
+        self.buf.push('}');
+        self.comma = true;
+        self
+    }
+
+    /// The line so far (for tests).
+    pub fn as_str(&self) -> &str {
+        &self.buf
+    }
+
+    /// Ends the line and queues it for output.
+    pub fn finish(mut self) {
+        self.buf.push('}');
+        match FORMAT.get().copied().unwrap_or(Format::Json) {
+            Format::Json => {
+                self.buf.push('\n');
+                write_buffered(self.buf.as_bytes());
+            }
+            // Terminals are not a hot path: re-read the line and lay it out for a person.
+            Format::Pretty => {
+                if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&self.buf) {
+                    write_buffered(format_line(obj).as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn escape_into(buf: &mut String, s: &str) {
+    buf.push('"');
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let esc = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        buf.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(buf, "\\u{:04x}", c as u32);
+        } else {
+            buf.push_str(esc);
+        }
+        start = i + c.len_utf8();
+    }
+    buf.push_str(&s[start..]);
+    buf.push('"');
+}
+
+/// Lines waiting to be written. Access lines gather here and go out in batches (when 64 KiB
+/// have gathered, and at least every 100 ms from a background thread), so a busy proxy makes
+/// one `write` per batch instead of one per request. Event lines are rare: they write the
+/// batch and themselves at once, in order.
+static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+const BATCH_BYTES: usize = 64 * 1024;
+
+fn write_buffered(line: &[u8]) {
+    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+    pending.extend_from_slice(line);
+    if pending.len() >= BATCH_BYTES {
+        let _ = std::io::stdout().lock().write_all(&pending);
+        pending.clear();
+    }
+}
+
+/// Writes every pending line now (at exit, on a panic, and every 100 ms).
+pub fn flush() {
+    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
+    if !pending.is_empty() {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&pending);
+        let _ = out.flush();
+        pending.clear();
+    }
+}
+
+/// Starts the thread that writes pending lines at least every 100 ms (once per process).
+fn start_flusher() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let _ = std::thread::Builder::new().name("log-flush".into()).spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                flush();
+            }
+        });
+    });
+}
+
 /// Writes one log line built by the caller: `ts`, `level`, `kind` and `msg` first, then
 /// `fields` in their order. Used for access logs, which have many optional fields and are
 /// written on every request, so they skip tracing's machinery.
@@ -99,7 +302,7 @@ pub fn write_line(level: Level, kind: &str, msg: &str, fields: Map<String, Value
     obj.insert("kind".into(), Value::String(kind.into()));
     obj.insert("msg".into(), Value::String(msg.into()));
     obj.extend(fields);
-    write_raw(&format_line(obj));
+    write_buffered(format_line(obj).as_bytes());
 }
 
 /// How lines are written.
@@ -148,11 +351,17 @@ fn pretty(mut obj: Map<String, Value>) -> String {
     line
 }
 
+/// Writes an event line at once, after any pending access lines (so the order holds). One
+/// write per line: lines from concurrent tasks never interleave. A closed stdout is not ours.
 fn write_raw(line: &str) {
-    // One write of a whole line: lines from concurrent tasks never interleave, and
-    // stdout's line buffering flushes it at once. A closed stdout is not our failure.
+    let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = std::io::stdout().lock();
+    if !pending.is_empty() {
+        let _ = out.write_all(&pending);
+        pending.clear();
+    }
     let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
 }
 
 fn level_word(level: &Level) -> &'static str {
@@ -211,6 +420,26 @@ impl Visit for FieldMap {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_lines_are_valid_json_with_escapes_and_nesting() {
+        let mut l = JsonLine::new(Level::WARN, "access", "say \"hi\"\n\u{1}");
+        l.str("path", "/a\\b").uint("status", 503).num("ms", 1.5).null("none");
+        l.begin_array("attempts");
+        l.begin_object("").uint("n", 1).str("code", "x").end_object();
+        l.begin_object("").uint("n", 2).end_object();
+        l.end_array();
+        let text = format!("{}}}", l.as_str());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["msg"], "say \"hi\"\n\u{1}");
+        assert_eq!(v["path"], "/a\\b");
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["ms"], 1.5);
+        assert!(v["none"].is_null());
+        assert_eq!(v["attempts"][1]["n"], 2);
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys[..4], ["ts", "level", "kind", "msg"]);
+    }
+
     use std::sync::{Arc, Mutex};
 
     use super::*;

@@ -92,7 +92,15 @@ pub fn main() -> ExitCode {
                 outrigger_telemetry::logging::Format::Json
             };
             outrigger_telemetry::logging::set_format(format);
-            run(config, workers)
+            // Access lines are written in batches: none may be left behind by a crash or exit.
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                outrigger_telemetry::logging::flush();
+                report(info);
+            }));
+            let code = run(config, workers);
+            outrigger_telemetry::logging::flush();
+            code
         }
     }
 }
