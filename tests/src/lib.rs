@@ -108,11 +108,17 @@ impl Outrigger {
 
     /// Like [`Outrigger::start`] with extra environment variables.
     pub fn start_with(yaml: &str, env: &[(&str, &str)]) -> Outrigger {
+        Self::start_full(yaml, env, 2)
+    }
+
+    /// Like [`Outrigger::start_with`] with `--workers workers` (1 runs the current-thread
+    /// runtime, the benchmarked sidecar shape; the other tests use 2).
+    pub fn start_full(yaml: &str, env: &[(&str, &str)], workers: u16) -> Outrigger {
         let path = temp_file("config.yaml", yaml);
         let mut cmd = Command::new(binary());
         cmd.args(["run", "-c"])
             .arg(&path)
-            .args(["--workers", "2"])
+            .args(["--workers", &workers.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

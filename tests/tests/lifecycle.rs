@@ -7,17 +7,41 @@ use outrigger_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0() {
+    drains_on_sigterm(2).await;
+}
+
+/// `--workers 1` runs a current-thread runtime (the sidecar shape the benchmarks measure):
+/// the same drain, and the access lines written in batches all reach stdout before exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_worker_proxy_serves_drains_and_flushes_its_log_on_exit() {
+    let proxy_log = drains_on_sigterm(1).await;
+    assert!(
+        proxy_log.iter().any(|l| l["kind"] == "access" && l["path"] == "/slow"),
+        "the in-flight request's access line was flushed before exit"
+    );
+}
+
+async fn drains_on_sigterm(workers: u16) -> Vec<serde_json::Value> {
     let up = Upstream::start(Mode::Delay(Duration::from_millis(800))).await;
     let yaml = config(&[up.addr()], DEFAULT_ROUTE)
         .replace("drain: {delay: 0s, timeout: 5s}", "drain: {delay: 300ms, timeout: 10s}");
-    let mut proxy = Outrigger::start(&yaml);
+    let mut proxy = Outrigger::start_full(&yaml, &[], workers);
+    // HTTP/1.1 and HTTP/2 both work on this runtime.
+    assert_eq!(get(&proxy.url("/")).await.status, 200);
+    let h2 = send(
+        &http2_client(),
+        http::Request::get(proxy.url("/")).body(Default::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(h2.status, 200);
+    let before = up.requests();
     assert_eq!(proxy.admin_get("/readyz").await.0, 200);
 
     let url = proxy.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     // Wait until the request is at the upstream before asking the proxy to stop.
     let deadline = std::time::Instant::now() + PATIENCE;
-    while up.requests() == 0 {
+    while up.requests() == before {
         assert!(
             std::time::Instant::now() < deadline,
             "request never reached the upstream"
@@ -36,6 +60,7 @@ async fn sigterm_turns_readiness_off_finishes_in_flight_requests_and_exits_0() {
     proxy
         .wait_for_log(|l| l["msg"] == "Drained: every connection has finished. Exiting.")
         .await;
+    proxy.logs()
 }
 
 #[tokio::test]

@@ -68,14 +68,15 @@ impl Scenario {
         }
     }
 
-    /// Access-log variants run the headline scenario (and the latency one, to show the cost
-    /// of a dead collector); the raw variants run everything.
+    /// Access-log variants run the headline scenario; the dead-collector variant runs it and
+    /// the latency one (to compare with plain `outrigger`); the raw variants run everything.
     fn applies_to(self, v: &Variant, upstream: &str) -> bool {
         match (v.kind, v.access_log) {
             // nginx as upstream has no HTTP/2 listener of its own.
             (Kind::Direct, _) => !(self == Scenario::H2Small && upstream == "nginx"),
+            _ if v.otlp_down => matches!(self, Scenario::H1Small50 | Scenario::Fixed2000),
             (_, false) => true,
-            (_, true) => self == Scenario::H1Small50 || (v.otlp_down && self == Scenario::Fixed2000),
+            (_, true) => self == Scenario::H1Small50,
         }
     }
 }
@@ -210,6 +211,7 @@ fn measure(
     }
     if let Some(pid) = pid
         && !v.access_log
+        && !v.otlp_down
     {
         results
             .open_1000_rss_kib

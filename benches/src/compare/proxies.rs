@@ -35,7 +35,7 @@ pub(crate) const VARIANTS: &[Variant] = &[
     v("direct", Kind::Direct, false, false),
     v("outrigger", Kind::Outrigger, false, false),
     v("outrigger+log", Kind::Outrigger, true, false),
-    v("outrigger+otlp-down", Kind::Outrigger, true, true),
+    v("outrigger+otlp-down", Kind::Outrigger, false, true),
     v("envoy", Kind::Envoy, false, false),
     v("envoy+log", Kind::Envoy, true, false),
     v("haproxy", Kind::Haproxy, false, false),
