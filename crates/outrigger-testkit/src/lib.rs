@@ -172,9 +172,16 @@ pub async fn serve_fast(port: u16) {
 }
 
 /// An address on loopback where nothing listens: connecting is refused.
+///
+/// The port stays bound (by a socket that never listens) for the life of the test process,
+/// so no other test's listener can be given it: a freed port would be a race under load.
 pub fn refused_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket.bind(([127, 0, 0, 1], 0).into()).expect("bind 127.0.0.1:0");
+    let addr = socket.local_addr().expect("local addr");
+    // Bound without listen(): connections to it are refused, and the port is ours.
+    std::mem::forget(socket);
+    addr
 }
 
 async fn accept(listener: TcpListener, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) {
