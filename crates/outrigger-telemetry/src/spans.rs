@@ -3,7 +3,7 @@
 //! Spans are built by the proxy from its own request record (the span ids it already put on
 //! the wire in `traceparent`), so there is no tracer here, only the export side: requests hand
 //! finished spans to [`SpanQueue::submit`], which never waits — a full queue drops the span and
-//! counts it. One background task batches the queue (the OpenTelemetry batch processor's
+//! counts it. A thread of its own batches the queue (the OpenTelemetry batch processor's
 //! settings and `OTEL_BSP_*` variables) and exports each batch with a timeout, so a collector
 //! that is down or slow costs the request path nothing.
 //!
@@ -92,31 +92,64 @@ pub struct SpanQueue {
 #[derive(Debug)]
 pub struct ExportTask {
     stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<()>,
+    done: oneshot::Receiver<()>,
 }
 
-/// Builds the exporter and starts the export task (on the current Tokio runtime).
+/// Builds the exporter and starts the export on a thread of its own, with its own
+/// single-threaded runtime: encoding and sending a batch of spans never holds up the request
+/// path's event loop, whatever the collector does.
 pub fn start(settings: ExportSettings, metrics: &Metrics) -> Result<(SpanQueue, ExportTask), String> {
-    let mut exporter = build_exporter(&settings)?;
-    let resource = Resource::builder()
-        .with_service_name(settings.service_name.clone())
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build();
-    exporter.set_resource(&resource);
     let (tx, rx) = mpsc::channel(settings.queue_size.max(1));
     let (stop, stopped) = oneshot::channel();
-    let export = Exporting {
-        exporter,
-        batch_size: settings.batch_size.clamp(1, settings.queue_size.max(1)),
-        interval: settings.interval,
-        timeout: settings.timeout,
-        exported: metrics.spans_exported.clone(),
-        dropped_export_failed: metrics.spans_dropped.with_label_values(&["export_failed"]),
-        endpoint: settings.endpoint.clone(),
-        last_warned: None,
-        failed_since_warned: 0,
-    };
-    let done = tokio::spawn(export.run(rx, stopped));
+    let (done_tx, done) = oneshot::channel();
+    let (built_tx, built) = std::sync::mpsc::channel::<Result<(), String>>();
+    let exported = metrics.spans_exported.clone();
+    let dropped_export_failed = metrics.spans_dropped.with_label_values(&["export_failed"]);
+    std::thread::Builder::new()
+        .name("otlp-export".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = built_tx.send(Err(format!("cannot start the export runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                // Built inside this runtime: the tonic channel lives on it.
+                let mut exporter = match build_exporter(&settings) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = built_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let resource = Resource::builder()
+                    .with_service_name(settings.service_name.clone())
+                    .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                    .build();
+                exporter.set_resource(&resource);
+                let _ = built_tx.send(Ok(()));
+                let export = Exporting {
+                    exporter,
+                    batch_size: settings.batch_size.clamp(1, settings.queue_size.max(1)),
+                    interval: settings.interval,
+                    timeout: settings.timeout,
+                    exported,
+                    dropped_export_failed,
+                    endpoint: settings.endpoint.clone(),
+                    last_warned: None,
+                    failed_since_warned: 0,
+                };
+                export.run(rx, stopped).await;
+            });
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| format!("cannot start the span export thread: {e}"))?;
+    // Start-up only: building the exporter connects nothing yet, so this wait is short.
+    built
+        .recv()
+        .map_err(|_| "the span export thread ended before it started".to_owned())??;
     let scope = InstrumentationScope::builder("outrigger")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
