@@ -297,3 +297,47 @@ async fn admin_endpoints_answer_health_readiness_and_metrics() {
     );
     assert_eq!(proxy.admin_get("/nope").await.0, 404);
 }
+
+#[tokio::test]
+async fn pooled_connections_expire_after_the_idle_timeout_and_at_most_max_idle_are_kept() {
+    let up = Upstream::start(Mode::Delay(std::time::Duration::from_millis(200))).await;
+    let yaml = with_upstream_setting(
+        &config(&[up.addr()], DEFAULT_ROUTE),
+        "pool: {idle_timeout: 1500ms, max_idle_per_endpoint: 1}",
+    );
+    let proxy = Outrigger::start(&yaml);
+    let c = http1_client();
+    let get = |id: &str| {
+        http::Request::get(proxy.url("/"))
+            .header("x-request-id", id)
+            .body(Full::default())
+            .unwrap()
+    };
+    // Three at once need three connections; only one of them may stay idle afterwards.
+    let (a, b, d) = tokio::join!(send(&c, get("c-1")), send(&c, get("c-2")), send(&c, get("c-3")));
+    assert!([a.status, b.status, d.status].iter().all(|s| *s == 200));
+    assert_eq!(up.connections(), 3);
+    // Two at once again: one reuses the kept connection, the other must connect.
+    let (a, b) = tokio::join!(send(&c, get("p-1")), send(&c, get("p-2")));
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(
+        up.connections(),
+        4,
+        "max_idle_per_endpoint: 1 keeps one idle connection"
+    );
+    let mut kinds: Vec<String> = Vec::new();
+    for id in ["p-1", "p-2"] {
+        let line = proxy.access_log(id).await;
+        kinds.push(line["attempts"][0]["connection"].as_str().unwrap().to_owned());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["fresh", "reused"]);
+
+    // Idle past the pool's idle timeout: closed instead of reused.
+    tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+    let reply = send(&c, get("late")).await;
+    assert_eq!(reply.status, 200);
+    let line = proxy.access_log("late").await;
+    assert_eq!(line["attempts"][0]["connection"], "fresh", "{line}");
+    assert_eq!(up.connections(), 5);
+}

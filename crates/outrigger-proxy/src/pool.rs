@@ -9,6 +9,7 @@
 //! An HTTP/1.1 connection goes back to the idle list only once its response body has been
 //! read to the end ([`UpstreamBody`] does that); one abandoned mid-body is closed.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -88,7 +89,8 @@ pub struct EndpointPool {
     addr: SocketAddr,
     label: String,
     settings: PoolSettings,
-    idle: Mutex<Vec<IdleConn>>,
+    /// Oldest first, so expired connections are found at the front and the warmest at the back.
+    idle: Mutex<VecDeque<IdleConn>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -104,7 +106,7 @@ impl EndpointPool {
             addr,
             label,
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
         }
     }
@@ -273,43 +275,61 @@ impl EndpointPool {
         self.h2.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, VecDeque<IdleConn>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The most recently used idle connection that is still open and not too old.
+    ///
+    /// Bounded work per request whatever the pool size: one clock read, expired connections
+    /// popped from the front, and a scan from the back that usually stops at the first entry
+    /// (a scan over the whole list cost 6 % of the CPU at 1,000 client connections).
     fn take_idle(&self) -> Option<(http1::SendRequest<RequestBody>, ConnInfo)> {
+        let now = Instant::now();
         let mut idle = self.lock_idle();
-        let timeout = self.settings.idle_timeout;
-        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
-        // A connection whose previous response just ended may not have noticed yet; leave
-        // it for the next request rather than closing it.
-        let i = idle.iter().rposition(|c| c.sender.is_ready())?;
-        let conn = idle.remove(i);
-        Some((
-            conn.sender,
-            ConnInfo {
-                reused: true,
-                idle_for: conn.since.elapsed(),
-            },
-        ))
+        drop_expired(&mut idle, now, self.settings.idle_timeout);
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if idle[i].sender.is_closed() {
+                idle.remove(i);
+            } else if idle[i].sender.is_ready() {
+                let conn = idle.remove(i)?;
+                return Some((
+                    conn.sender,
+                    ConnInfo {
+                        reused: true,
+                        idle_for: now.saturating_duration_since(conn.since),
+                    },
+                ));
+            }
+            // Not ready yet: its previous response just ended and the connection has not
+            // noticed; leave it for the next request rather than closing it.
+        }
+        None
     }
 
     fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() || self.settings.max_idle == 0 {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.lock_idle();
-        // Drop connections that have outlived the idle timeout while we are here.
-        let timeout = self.settings.idle_timeout;
-        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        drop_expired(&mut idle, now, self.settings.idle_timeout);
         if idle.len() >= self.settings.max_idle {
-            idle.remove(0);
+            idle.pop_front();
         }
-        idle.push(IdleConn {
-            sender,
-            since: Instant::now(),
-        });
+        idle.push_back(IdleConn { sender, since: now });
+    }
+}
+
+/// Closes the connections at the front of `idle` that have been idle for `timeout`.
+fn drop_expired(idle: &mut VecDeque<IdleConn>, now: Instant, timeout: Duration) {
+    while idle
+        .front()
+        .is_some_and(|c| now.saturating_duration_since(c.since) >= timeout)
+    {
+        idle.pop_front();
     }
 }
 
