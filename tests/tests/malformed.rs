@@ -90,6 +90,24 @@ async fn a_client_that_trickles_headers_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_that_connects_and_stays_silent_is_cut_off() {
+    let up = Upstream::start(Mode::Ok).await;
+    let yaml = with_inbound_limits(&config(&[up.addr()], DEFAULT_ROUTE), "header_read_timeout: 300ms");
+    let proxy = Outrigger::start(&yaml);
+    // Silent from the start, and silent after the first bytes of an HTTP/2 preface (the
+    // proxy cannot tell the protocol yet): both are closed after the header read timeout.
+    for opening in [&b""[..], b"PRI * HTTP/2"] {
+        let mut s = tokio::net::TcpStream::connect(proxy.inbound()).await.unwrap();
+        s.write_all(opening).await.unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "connection opened with {opening:?} was not closed");
+    }
+    assert_eq!(get(&proxy.url("/")).await.status, 200, "still serving");
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
 async fn idle_client_connections_are_closed_after_the_idle_timeout() {
     let up = Upstream::start(Mode::Ok).await;
     let yaml = with_inbound_limits(

@@ -122,8 +122,10 @@ impl Body for ClientBody {
 
 /// A request body on its way to the upstream.
 pub enum RequestBody {
-    /// The client's body, streamed as it arrives (sent once).
-    Incoming(ClientBody),
+    /// The client's body, streamed as it arrives (sent once). Boxed: hyper's client keeps
+    /// blocks of 32 requests per upstream connection, so every byte here costs 32 per
+    /// connection even when no request has a body.
+    Incoming(Box<ClientBody>),
     /// The client's body, kept for a replay while it fits the replay buffer.
     Replay(ReplayBody),
     /// No body.
@@ -136,7 +138,7 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Incoming(b) => Pin::new(b.as_mut()).poll_frame(cx),
             RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
         }

@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -25,24 +25,40 @@ use outrigger_config::ListenerLimits;
 
 use crate::stack::{ConnCtx, Shared};
 
-/// The HTTP server settings of one listener.
-pub(crate) fn http_builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
+/// The HTTP server settings of one listener: HTTP/1.1 and HTTP/2 (prior knowledge, told
+/// apart by the connection's first bytes) on the same port.
+pub(crate) struct HttpServer {
+    header_read_timeout: Duration,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+/// The first bytes of every HTTP/2 connection (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+pub(crate) fn http_builder(limits: &ListenerLimits) -> HttpServer {
+    // hyper's read buffer bounds the request head; it cannot go below 8 KiB. The exact
+    // listener limit is checked again on the parsed head (431 problem+json).
+    let max_buf = (limits.max_header_bytes + 1024).max(8192);
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        // hyper's read buffer bounds the request head; it cannot go below 8 KiB. The exact
-        // listener limit is checked again on the parsed head (431 problem+json).
-        .max_buf_size((limits.max_header_bytes + 1024).max(8192))
+        .max_buf_size(max_buf)
         .keep_alive(true);
-    b.http2()
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         // Bounds on abusive clients (rapid reset, CVE-2023-44487): hyper's defaults, made explicit.
         .max_concurrent_streams(1024)
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024);
-    b
+    HttpServer {
+        header_read_timeout: limits.header_read_timeout,
+        http1,
+        http2,
+    }
 }
 
 /// Accepts connections until `stop` turns true; each connection holds a clone of `alive`
@@ -93,11 +109,25 @@ async fn serve_connection(
     stream: TcpStream,
     ctx: Arc<ConnCtx>,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<HttpServer>,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
+    // HTTP/1.1 is told from HTTP/2 by peeking, so hyper reads the first request whole and
+    // in one piece. (hyper-util's `auto` detection reads the first bytes itself and hands
+    // them back in a short first read; it also has no time limit while it waits for them.)
+    let first = tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => return,
+        r = tokio::time::timeout(builder.header_read_timeout, sniff(&stream)) => r,
+    };
+    let plain_http1 = match first {
+        Ok(Ok(Sniffed::Http1)) => true,
+        Ok(Ok(Sniffed::Http2)) => false,
+        // Closed, failed or silent before sending a byte: nothing to answer.
+        Ok(Ok(Sniffed::Closed) | Err(_)) | Err(_) => return,
+    };
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ActivityIo {
         inner: stream,
@@ -120,41 +150,109 @@ async fn serve_connection(
             Ok::<_, Infallible>(answer)
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    // Checked a few times per idle period, so a connection closes within 1.25× the timeout.
-    let mut ticker = tokio::time::interval(idle_timeout / 4);
-    ticker.tick().await;
-    let mut last_seen = u64::MAX;
-    let mut idle_since = tokio::time::Instant::now();
-    let mut closing = false;
-    // Made once: the loop wakes on every read and write of the connection.
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let watch = Watch {
+        activity,
+        active,
+        idle_timeout,
+        stop,
     };
-    tokio::pin!(stopped);
+    // Boxed, so each connection holds memory for its own protocol's state only (an idle
+    // HTTP/1.1 connection would otherwise carry room for an HTTP/2 one).
+    if plain_http1 {
+        let conn = builder.http1.serve_connection(io, service).with_upgrades();
+        Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
+    } else {
+        let conn = builder.http2.serve_connection(io, service);
+        Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
+    }
+}
+
+enum Sniffed {
+    /// The first bytes are not the HTTP/2 preface.
+    Http1,
+    /// The HTTP/2 preface.
+    Http2,
+    /// The client closed or reset before sending anything.
+    Closed,
+}
+
+/// Peeks at the first bytes of a connection without consuming them. The caller bounds the
+/// wait with the header read timeout, so a client that stalls here is cut off like one that
+/// stalls in its request head.
+async fn sniff(stream: &TcpStream) -> io::Result<Sniffed> {
+    let mut buf = [0u8; H2_PREFACE.len()];
     loop {
-        tokio::select! {
-            biased;
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(Sniffed::Closed);
+        } else if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Sniffed::Http1);
+        } else if n == H2_PREFACE.len() {
+            return Ok(Sniffed::Http2);
+        }
+        // Part of the preface so far: real clients send it in one segment, so this is rare.
+        // Peeking again at once would spin on the bytes already there.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What a served connection is watched for: client idleness and the drain signal.
+struct Watch {
+    activity: Arc<AtomicU64>,
+    active: Arc<AtomicUsize>,
+    idle_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl Watch {
+    /// Runs `conn` to the end, shutting it down gracefully when the client has been idle
+    /// for the idle timeout or the listener drains.
+    async fn drive<C, E>(self, conn: C, graceful_shutdown: impl Fn(Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let Watch {
+            activity,
+            active,
+            idle_timeout,
+            mut stop,
+        } = self;
+        tokio::pin!(conn);
+        // Checked a few times per idle period, so a connection closes within 1.25× the timeout.
+        let mut ticker = tokio::time::interval(idle_timeout / 4);
+        ticker.tick().await;
+        let mut last_seen = u64::MAX;
+        let mut idle_since = tokio::time::Instant::now();
+        let mut closing = false;
+        // Made once: the loop wakes on every read and write of the connection.
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                biased;
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                    return;
                 }
-                return;
-            }
-            _ = ticker.tick(), if !closing => {
-                let seen = activity.load(Ordering::Relaxed);
-                if seen != last_seen || active.load(Ordering::Relaxed) > 0 {
-                    last_seen = seen;
-                    idle_since = tokio::time::Instant::now();
-                } else if idle_since.elapsed() >= idle_timeout {
+                _ = ticker.tick(), if !closing => {
+                    let seen = activity.load(Ordering::Relaxed);
+                    if seen != last_seen || active.load(Ordering::Relaxed) > 0 {
+                        last_seen = seen;
+                        idle_since = tokio::time::Instant::now();
+                    } else if idle_since.elapsed() >= idle_timeout {
+                        closing = true;
+                        graceful_shutdown(conn.as_mut());
+                    }
+                }
+                () = &mut stopped, if !closing => {
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 }
-            }
-            () = &mut stopped, if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
             }
         }
     }

@@ -396,7 +396,7 @@ impl Shared {
             (handle.replay().map(RequestBody::Replay), Some(handle))
         } else {
             // Declared larger than the replay buffer (or not retryable): sent once, as it comes.
-            (Some(RequestBody::Incoming(body)), None)
+            (Some(RequestBody::Incoming(Box::new(body))), None)
         };
         let body_empty = replay.is_none() && matches!(first_body, Some(RequestBody::Empty));
 
@@ -450,9 +450,12 @@ impl Shared {
             let per_try = route.retry.per_try_timeout().filter(|p| *p < remaining);
             let in_flight = endpoint.start();
             let started = Instant::now();
+            // Boxed: hyper keeps room for this request future in every client connection,
+            // idle or not, and the upstream send (connect, handshake, HTTP/1 or HTTP/2) is
+            // most of its size; boxed, an idle keep-alive connection costs about 4 KiB less.
             let sent = tokio::time::timeout(
                 per_try.unwrap_or(remaining),
-                UpstreamRt::send_to(&endpoint.pool, attempt_req, http2, fresh_only),
+                Box::pin(UpstreamRt::send_to(&endpoint.pool, attempt_req, http2, fresh_only)),
             )
             .await;
             let took = started.elapsed();
