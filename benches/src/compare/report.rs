@@ -215,7 +215,7 @@ pub(crate) fn markdown(plan: &Plan, r: &Results, versions: &Versions, took: Dura
     let _ = writeln!(md, "\n## Memory, MiB\n");
     let _ = writeln!(
         md,
-        "| configuration | idle RSS | max RSS, c50 | max RSS, c1000 | RSS with 1,000 idle connections |"
+        "| configuration | idle RSS | max RSS, c50 | max RSS, c1000 | 1,000 idle client connections (fresh process) |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|");
     let mib = |xs: Vec<f64>| cell(&xs.iter().map(|k| k / 1024.0).collect::<Vec<_>>(), 1);

@@ -300,8 +300,18 @@ impl Completion {
         self.client_gone = true;
     }
 
-    /// The why, as one sentence: every attempt, then what happened to the body.
+    /// The why, as one sentence: every attempt, then what happened to the body. None for a
+    /// plain success (decided first: the sentence costs several allocations to build).
     fn cause(&self) -> Option<String> {
+        let failed = self.error.is_some()
+            || self.body_error.is_some()
+            || self.client_gone
+            || self.status.is_none()
+            || self.attempts.len() > 1
+            || self.fallback.is_some();
+        if !failed {
+            return None;
+        }
         let mut parts: Vec<String> = self
             .attempts
             .iter()
@@ -317,16 +327,10 @@ impl Completion {
         } else if self.client_gone {
             parts.push("the client closed the connection before the response body was complete".to_owned());
         }
-        let failed = self.error.is_some()
-            || self.body_error.is_some()
-            || self.client_gone
-            || self.status.is_none()
-            || self.attempts.len() > 1
-            || self.fallback.is_some();
-        match (failed, parts.is_empty()) {
-            (false, _) => None,
-            (true, false) => Some(parts.join("; ")),
-            (true, true) => self.error.as_ref().map(ProxyError::detail),
+        if parts.is_empty() {
+            self.error.as_ref().map(ProxyError::detail)
+        } else {
+            Some(parts.join("; "))
         }
     }
 
