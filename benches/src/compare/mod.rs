@@ -160,6 +160,7 @@ pub(crate) fn run(plan: &Plan) -> Result<(), String> {
         let docs = PathBuf::from("docs/performance");
         std::fs::create_dir_all(&docs).map_err(|e| e.to_string())?;
         std::fs::write(docs.join("results.md"), &md).map_err(|e| e.to_string())?;
+        std::fs::copy(dir.join("results.json"), docs.join("results.json")).map_err(|e| e.to_string())?;
         if let Some(png) = chart {
             std::fs::copy(png, docs.join("chart.png")).map_err(|e| e.to_string())?;
         }

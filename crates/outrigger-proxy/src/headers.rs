@@ -50,6 +50,14 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Transfer-Encoding`, and `Upgrade` unless this proxy is performing the upgrade — in which
 /// case `Connection: upgrade` is put back.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of these: one pass over the names (cheap comparisons for
+    // standard headers) instead of seven hashed removals.
+    let hop_by_hop = |k: &HeaderName| {
+        k == CONNECTION || k == KEEP_ALIVE || k == TRANSFER_ENCODING || k == TE || k == UPGRADE || k == PROXY_CONNECTION
+    };
+    if !upgrading && !headers.keys().any(hop_by_hop) {
+        return;
+    }
     // Usually `Connection: keep-alive` or nothing: no list to build then.
     let mut named: Vec<HeaderName> = Vec::new();
     for token in headers

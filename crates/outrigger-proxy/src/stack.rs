@@ -590,9 +590,6 @@ impl Shared {
                 Tried::Answered(a) => retry::retry_after(a.response.headers()),
                 Tried::Failed(_) => None,
             };
-            if let Some(took) = latency {
-                upstream.observe_latency(took);
-            }
             match route.retry.decide(n, reason, remaining, upstream_wait) {
                 Decision::Stop => {
                     done.decided(NextStep::stop(reason));
