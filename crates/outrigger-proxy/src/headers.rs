@@ -50,52 +50,73 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Transfer-Encoding`, and `Upgrade` unless this proxy is performing the upgrade — in which
 /// case `Connection: upgrade` is put back.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    // Most messages carry none of these: one pass over the names (cheap comparisons for
-    // standard headers) instead of seven hashed removals.
-    let hop_by_hop = |k: &HeaderName| {
-        k == CONNECTION || k == KEEP_ALIVE || k == TRANSFER_ENCODING || k == TE || k == UPGRADE || k == PROXY_CONNECTION
-    };
-    if !upgrading && !headers.keys().any(hop_by_hop) {
-        return;
-    }
-    // Usually `Connection: keep-alive` or nothing: no list to build then.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
-        if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-            continue; // Keep-Alive is removed below; `close` names no header.
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            named.push(name);
+    // One pass over the names (cheap comparisons for standard headers) says which of these
+    // are present; only those are removed. Most requests carry none, most responses only
+    // `Connection: keep-alive`.
+    let mut present = Present::default();
+    for k in headers.keys() {
+        if k == CONNECTION {
+            present.connection = true;
+        } else if k == KEEP_ALIVE || k == TRANSFER_ENCODING || k == UPGRADE || k == PROXY_CONNECTION {
+            present.other = true;
+        } else if k == TE {
+            present.te = true;
         }
     }
-    for name in named {
-        if !(upgrading && name == UPGRADE) && name != TE {
-            headers.remove(&name);
+    if present.connection {
+        // Usually `Connection: keep-alive`: no list to build then.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue; // Keep-Alive is removed below; `close` names no header.
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+        for name in named {
+            if !(upgrading && name == UPGRADE) && name != TE {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    if present.other {
+        headers.remove(PROXY_CONNECTION);
+        headers.remove(KEEP_ALIVE);
+        headers.remove(TRANSFER_ENCODING);
+        if !upgrading {
+            headers.remove(UPGRADE);
         }
     }
-    headers.remove(CONNECTION);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(KEEP_ALIVE);
-    headers.remove(TRANSFER_ENCODING);
-    let te_trailers = headers
-        .get_all(TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    headers.remove(TE);
-    if te_trailers {
-        headers.insert(TE, HeaderValue::from_static("trailers"));
+    if present.te {
+        let te_trailers = headers
+            .get_all(TE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        headers.remove(TE);
+        if te_trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
     }
     if upgrading {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
+}
+
+/// Which hop-by-hop headers a message carries.
+#[derive(Default)]
+struct Present {
+    connection: bool,
+    te: bool,
+    /// `Keep-Alive`, `Transfer-Encoding`, `Upgrade`, `Proxy-Connection`.
+    other: bool,
 }
 
 /// A client connection's forwarding header values, made once per connection so that a request
@@ -213,6 +234,29 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["te", "x-keep"]);
         assert_eq!(h[TE], "trailers");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_is_removed_on_its_own_too() {
+        for (name, value) in [
+            (KEEP_ALIVE, "timeout=5"),
+            (TRANSFER_ENCODING, "chunked"),
+            (UPGRADE, "h2c"),
+            (PROXY_CONNECTION, "keep-alive"),
+            (TE, "gzip"),
+            (CONNECTION, "close"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static(value));
+            h.insert("x-keep", HeaderValue::from_static("yes"));
+            strip_hop_by_hop(&mut h, false);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-keep"], "{name} was kept");
+        }
+        let mut plain = HeaderMap::new();
+        plain.insert("x-keep", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]
