@@ -442,8 +442,8 @@ impl Completion {
         };
         let mut f = JsonLine::new(level, "access", &msg);
         f.str("request_id", self.request_id.to_str().unwrap_or(""));
-        f.display("trace_id", format_args!("{:032x}", self.trace.trace_id));
-        f.display("span_id", format_args!("{:016x}", self.trace.span_id));
+        f.hex("trace_id", self.trace.trace_id, 32);
+        f.hex("span_id", u128::from(self.trace.span_id), 16);
         if let Some(r) = &self.route {
             f.str("route", &r.name);
             f.str("upstream", &r.upstream.name);

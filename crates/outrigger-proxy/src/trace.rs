@@ -7,6 +7,7 @@
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
+use outrigger_telemetry::logging::lower_hex_into;
 
 /// `traceparent`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -154,16 +155,11 @@ impl TraceContext {
     /// A `traceparent` for one upstream attempt: same trace, a new span id (the attempt's
     /// client span), the sampled flag kept. Returns the header and the new span id.
     pub fn child(&self) -> (HeaderValue, u64) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let span = nonzero_u64();
         // `00-<trace>-<span>-<flags>`, written in place: one allocation (the header's own).
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        for i in 0..32 {
-            buf[3 + i] = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
-        }
-        for i in 0..16 {
-            buf[36 + i] = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
-        }
+        lower_hex_into(&mut buf[3..35], self.trace_id);
+        lower_hex_into(&mut buf[36..52], u128::from(span));
         if self.sampled {
             buf[54] = b'1';
         }

@@ -136,11 +136,14 @@ impl JsonLine {
         self
     }
 
-    /// A string member from `Display` output the caller knows needs no escaping (hex ids).
-    pub fn display(&mut self, key: &str, value: std::fmt::Arguments<'_>) -> &mut Self {
+    /// A string member holding `value` as `digits` lowercase hex digits (at most 32).
+    pub fn hex(&mut self, key: &str, value: u128, digits: usize) -> &mut Self {
         self.key(key);
+        let mut tmp = [0u8; 32];
+        let out = &mut tmp[..digits.min(32)];
+        lower_hex_into(out, value);
         self.buf.push('"');
-        let _ = self.buf.write_fmt(value);
+        self.buf.push_str(std::str::from_utf8(out).unwrap_or_default());
         self.buf.push('"');
         self
     }
@@ -223,30 +226,46 @@ impl JsonLine {
     }
 }
 
-/// Appends `s` as a JSON string literal.
+/// Appends `s` as a JSON string literal. Scans bytes, not chars: every byte that needs
+/// escaping is ASCII, and an ASCII byte is never part of a multi-byte character, so the
+/// slices between them fall on character boundaries.
 fn escape_into(buf: &mut String, s: &str) {
     buf.push('"');
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => "",
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b if b < 0x20 => "",
             _ => continue,
         };
         buf.push_str(&s[start..i]);
         if esc.is_empty() {
-            let _ = write!(buf, "\\u{:04x}", c as u32);
+            let _ = write!(buf, "\\u{b:04x}");
         } else {
             buf.push_str(esc);
         }
-        start = i + c.len_utf8();
+        start = i + 1;
     }
     buf.push_str(&s[start..]);
     buf.push('"');
+}
+
+/// Writes the low `4 × out.len()` bits of `value` into `out` as lowercase hex digits,
+/// zero-padded (trace and span ids, without going through `fmt`).
+pub fn lower_hex_into(out: &mut [u8], value: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = out.len();
+    for (i, b) in out.iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *b = HEX
+            .get(((value >> shift.min(124)) & 0xf) as usize)
+            .copied()
+            .unwrap_or(b'0');
+    }
 }
 
 /// Lines waiting to be written. Access lines gather here and go out in batches (when 64 KiB
@@ -438,6 +457,23 @@ mod tests {
         assert_eq!(v["attempts"][1]["n"], 2);
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys[..4], ["ts", "level", "kind", "msg"]);
+    }
+
+    #[test]
+    fn multibyte_text_and_every_control_character_survive_escaping() {
+        let tricky: String = "é ü 中文 🚀 \"q\" \\ end"
+            .chars()
+            .chain((0u8..0x20).map(char::from))
+            .chain("tail ✓".chars())
+            .collect();
+        let mut l = JsonLine::new(Level::INFO, "access", &tricky);
+        l.hex("trace_id", 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736, 32)
+            .hex("span_id", 0x00f0_67aa_0ba9_02b7, 16);
+        let text = format!("{}}}", l.as_str());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["msg"], tricky.as_str());
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
     }
 
     use std::sync::{Arc, Mutex};
