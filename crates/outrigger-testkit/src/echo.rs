@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 
 use futures_util::{Stream, StreamExt, stream};
 use http::uri::PathAndQuery;
-use tokio::net::TcpListener;
 use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService, UnaryService};
 use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
@@ -140,8 +139,7 @@ impl Drop for EchoUpstream {
 impl EchoUpstream {
     /// Starts the echo server on 127.0.0.1, port chosen by the OS.
     pub async fn start() -> EchoUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
+        let (listener, addr) = crate::bind_loopback().await;
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(EchoService)

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -26,8 +25,7 @@ impl GrpcUpstream {
     /// Starts the server on 127.0.0.1, port chosen by the OS, with service `outrigger.test`
     /// reported SERVING.
     pub async fn start() -> GrpcUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
+        let (listener, addr) = crate::bind_loopback().await;
         let (reporter, service) = tonic_health::server::health_reporter();
         reporter
             .set_service_status("outrigger.test", ServingStatus::Serving)

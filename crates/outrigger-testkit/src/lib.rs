@@ -20,7 +20,7 @@ mod paths;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -111,8 +111,7 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts an upstream on 127.0.0.1, port chosen by the OS.
     pub async fn start(mode: Mode) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
+        let (listener, addr) = bind_loopback().await;
         let mode = Arc::new(Mutex::new(Plan {
             mode,
             fail_left: 0,
@@ -130,13 +129,13 @@ impl Upstream {
 
     /// Changes the behaviour for what comes next.
     pub fn set_mode(&self, mode: Mode) {
-        self.mode.lock().expect("mode lock").mode = mode;
+        lock(&self.mode).mode = mode;
     }
 
     /// Serves the next `n` connections (raw modes such as `ResetBeforeResponse`) or requests
     /// (HTTP modes such as `Status(503)`) with `failure`, then goes back to the base mode.
     pub fn fail_next(&self, n: usize, failure: Mode) {
-        let mut plan = self.mode.lock().expect("mode lock");
+        let mut plan = lock(&self.mode);
         plan.fail_left = n;
         plan.fail_mode = failure;
     }
@@ -153,12 +152,16 @@ impl Upstream {
 
     /// The headers of the last request served by the HTTP server (not the raw-socket modes).
     pub fn last_request_headers(&self) -> Option<http::HeaderMap> {
-        self.seen.last_headers.lock().expect("seen lock").clone()
+        lock(&self.seen.last_headers).clone()
     }
 }
 
 /// Serves the fast upstream (`Mode::Ok`) on 127.0.0.1:`port` until the task is dropped: the
 /// benchmark harness runs it as its own pinned process.
+#[allow(
+    clippy::expect_used,
+    reason = "start-up of a benchmark upstream: without its port there is nothing to measure"
+)]
 pub async fn serve_fast(port: u16) {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
@@ -175,6 +178,10 @@ pub async fn serve_fast(port: u16) {
 ///
 /// The port stays bound (by a socket that never listens) for the life of the test process,
 /// so no other test's listener can be given it: a freed port would be a race under load.
+#[allow(
+    clippy::expect_used,
+    reason = "test set-up: a test that cannot get a loopback socket cannot run"
+)]
 pub fn refused_addr() -> SocketAddr {
     let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
     socket.bind(([127, 0, 0, 1], 0).into()).expect("bind 127.0.0.1:0");
@@ -184,13 +191,30 @@ pub fn refused_addr() -> SocketAddr {
     addr
 }
 
+/// A listener on 127.0.0.1, port chosen by the OS, and its address.
+#[allow(
+    clippy::expect_used,
+    reason = "test set-up: a test that cannot bind loopback cannot run, and says so"
+)]
+pub(crate) async fn bind_loopback() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address of a bound listener");
+    (listener, addr)
+}
+
+/// Locks `m`, taking the data even when a panicking test thread poisoned it: the servers
+/// must keep answering for the tests that are still running.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 async fn accept(listener: TcpListener, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         seen.connections.fetch_add(1, Ordering::SeqCst);
-        let current = mode.lock().expect("mode lock").next(true);
+        let current = lock(&mode).next(true);
         let mode = mode.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -284,11 +308,11 @@ async fn garbage(mut stream: TcpStream, seen: &Seen) {
 
 async fn serve_http(stream: TcpStream, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) {
     let svc = service_fn(move |req| {
-        let mode = mode.lock().expect("mode lock").next(false);
+        let mode = lock(&mode).next(false);
         let seen = seen.clone();
         async move {
             seen.requests.fetch_add(1, Ordering::SeqCst);
-            *seen.last_headers.lock().expect("seen lock") = Some(req.headers().clone());
+            *lock(&seen.last_headers) = Some(req.headers().clone());
             Ok::<_, std::convert::Infallible>(paths::answer(req, mode).await)
         }
     });

@@ -16,7 +16,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::transport::server::TcpIncoming;
 
@@ -97,7 +96,7 @@ impl Store {
                 }
             }
         }
-        self.spans.lock().unwrap().extend(out);
+        crate::lock(&self.spans).extend(out);
         self.arrived.notify_waiters();
     }
 }
@@ -155,8 +154,7 @@ impl OtlpReceiver {
     /// Starts both servers on 127.0.0.1, ports chosen by the OS.
     pub async fn start() -> OtlpReceiver {
         let store = Arc::new(Store::default());
-        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let grpc = grpc_listener.local_addr().expect("local addr");
+        let (grpc_listener, grpc) = crate::bind_loopback().await;
         let svc = TraceServiceServer::new(Grpc(store.clone()));
         let grpc_task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
@@ -165,8 +163,7 @@ impl OtlpReceiver {
                 .await;
         });
 
-        let http_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let http = http_listener.local_addr().expect("local addr");
+        let (http_listener, http) = crate::bind_loopback().await;
         let http_store = store.clone();
         let http_task = tokio::spawn(async move {
             loop {
@@ -225,7 +222,7 @@ impl OtlpReceiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.store.spans.lock().unwrap().clone()
+        crate::lock(&self.store.spans).clone()
     }
 
     /// Waits until `done` holds for the spans received (panics after `timeout`).
