@@ -36,28 +36,30 @@ pub(crate) struct HttpServer {
 /// The first bytes of every HTTP/2 connection (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-pub(crate) fn http_builder(limits: &ListenerLimits) -> HttpServer {
-    // hyper's read buffer bounds the request head; it cannot go below 8 KiB. The exact
-    // listener limit is checked again on the parsed head (431 problem+json).
-    let max_buf = (limits.max_header_bytes + 1024).max(8192);
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(max_buf)
-        .keep_alive(true);
-    let mut http2 = http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        // Bounds on abusive clients (rapid reset, CVE-2023-44487): hyper's defaults, made explicit.
-        .max_concurrent_streams(1024)
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
-    HttpServer {
-        header_read_timeout: limits.header_read_timeout,
-        http1,
-        http2,
+impl HttpServer {
+    pub(crate) fn new(limits: &ListenerLimits) -> HttpServer {
+        // hyper's read buffer bounds the request head; it cannot go below 8 KiB. The exact
+        // listener limit is checked again on the parsed head (431 problem+json).
+        let max_buf = (limits.max_header_bytes + 1024).max(8192);
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(max_buf)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            // Bounds on abusive clients (rapid reset, CVE-2023-44487): hyper's defaults, made explicit.
+            .max_concurrent_streams(1024)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024);
+        HttpServer {
+            header_read_timeout: limits.header_read_timeout,
+            http1,
+            http2,
+        }
     }
 }
 
@@ -71,7 +73,7 @@ pub(crate) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
-    let builder = Arc::new(http_builder(&limits));
+    let builder = Arc::new(HttpServer::new(&limits));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
