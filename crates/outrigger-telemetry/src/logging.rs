@@ -104,11 +104,9 @@ impl JsonLine {
             buf: String::with_capacity(768),
             comma: true,
         };
-        let _ = write!(
-            line.buf,
-            "{{\"ts\":\"{}\"",
-            humantime::format_rfc3339_millis(SystemTime::now())
-        );
+        line.buf.push_str("{\"ts\":\"");
+        push_timestamp(&mut line.buf, SystemTime::now());
+        line.buf.push('"');
         line.str("level", level_word(&level));
         line.str("kind", kind);
         line.str("msg", msg);
@@ -151,7 +149,7 @@ impl JsonLine {
     /// An unsigned integer member.
     pub fn uint(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.buf, "{value}");
+        self.buf.push_str(itoa::Buffer::new().format(value));
         self
     }
 
@@ -159,7 +157,7 @@ impl JsonLine {
     pub fn num(&mut self, key: &str, value: f64) -> &mut Self {
         self.key(key);
         if value.is_finite() {
-            let _ = write!(self.buf, "{value}");
+            self.buf.push_str(zmij::Buffer::new().format_finite(value));
         } else {
             self.buf.push_str("null");
         }
@@ -224,6 +222,37 @@ impl JsonLine {
             }
         }
     }
+}
+
+/// Appends `t` as RFC 3339 UTC with milliseconds (`2026-11-30T17:36:58.123Z`), the same text
+/// as `humantime::format_rfc3339_millis`. The date and time of day change once a second, so
+/// they are formatted once a second and kept; only the milliseconds are written per line.
+fn push_timestamp(buf: &mut String, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since_epoch = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            prefix.clear();
+            let whole = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let _ = write!(prefix, "{}", humantime::format_rfc3339_seconds(whole));
+            // "…T17:36:58Z" without the "Z": the milliseconds go between.
+            prefix.pop();
+            *cached = secs;
+        }
+        buf.push_str(prefix);
+    });
+    let millis = since_epoch.subsec_millis();
+    let digits = [
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+    ];
+    buf.push_str(std::str::from_utf8(&digits).unwrap_or(".000Z"));
 }
 
 /// Appends `s` as a JSON string literal. Scans bytes, not chars: every byte that needs
@@ -460,6 +489,38 @@ mod tests {
     }
 
     #[test]
+    fn cached_timestamps_read_like_humantime_across_seconds_and_millisecond_edges() {
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_060_218);
+        // Out of order on purpose: the cache must notice every change of second.
+        for offset_ms in [0, 999, 1_000, 1_001, 59_999, 5, 86_400_000 + 7, 3] {
+            let t = base + Duration::from_millis(offset_ms);
+            let mut ours = String::new();
+            push_timestamp(&mut ours, t);
+            assert_eq!(
+                ours,
+                humantime::format_rfc3339_millis(t).to_string(),
+                "at +{offset_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_are_json_numbers() {
+        let mut l = JsonLine::new(Level::INFO, "access", "m");
+        l.uint("max", u64::MAX)
+            .uint("zero", 0)
+            .num("ms", 0.412)
+            .num("whole", 2.0)
+            .num("tiny", 0.001);
+        let v: Value = serde_json::from_str(&format!("{}}}", l.as_str())).unwrap();
+        assert_eq!(v["max"], u64::MAX);
+        assert_eq!(v["zero"], 0);
+        assert_eq!(v["ms"], 0.412);
+        assert_eq!(v["whole"], 2.0);
+        assert_eq!(v["tiny"], 0.001);
+    }
+
+    #[test]
     fn multibyte_text_and_every_control_character_survive_escaping() {
         let tricky: String = "é ü 中文 🚀 \"q\" \\ end"
             .chars()
@@ -479,6 +540,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use std::time::Duration;
 
     /// Captures rendered lines instead of writing them, to check the shape.
     struct Capture(Arc<Mutex<Vec<String>>>);
