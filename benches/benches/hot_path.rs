@@ -116,8 +116,9 @@ fn circuit_admit_and_record_success(bencher: divan::Bencher) {
         prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["upstream", "from", "to"]).expect("counter");
     let circuit = std::sync::Arc::new(outrigger_proxy::circuit::Circuit::new("app", &cfg, gauge, transitions));
     bencher.bench(|| {
-        if let Ok(permit) = circuit.admit() {
-            circuit.record(permit, false, std::time::Duration::from_millis(3), "ok");
+        let now = tokio::time::Instant::now();
+        if let Ok(permit) = circuit.admit(now) {
+            circuit.record(now, permit, false, std::time::Duration::from_millis(3), "ok");
         }
     });
 }

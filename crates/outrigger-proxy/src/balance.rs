@@ -191,9 +191,8 @@ impl Endpoints {
 
     /// Picks an endpoint: two random candidates among the usable ones, the cheaper wins.
     /// Endpoints backing off (429) are used only when nothing else is left.
-    pub fn pick(&self) -> Option<Arc<EndpointRt>> {
+    pub fn pick(&self, now: Instant) -> Option<Arc<EndpointRt>> {
         let all = self.current.load();
-        let now = Instant::now();
         let usable = |allow_backoff: bool| -> Option<Arc<EndpointRt>> {
             let n = all.len();
             if n == 0 {
@@ -220,12 +219,12 @@ impl Endpoints {
     /// a fast failure (a refusing endpoint must not look fast).
     pub fn record(
         &self,
+        now: Instant,
         ep: &EndpointRt,
         failed: bool,
         latency: Option<Duration>,
         backoff: Option<Duration>,
     ) -> Health {
-        let now = Instant::now();
         let mut s = lock(&ep.stats);
         if let Some(l) = latency {
             s.ewma.observe(l, now.into_std());

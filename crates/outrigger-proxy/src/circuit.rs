@@ -88,7 +88,7 @@ impl Circuit {
     }
 
     /// Asks to make a call: a permit, or the error to fail fast with.
-    pub fn admit(self: &Arc<Self>) -> Result<Permit, ErrorKind> {
+    pub fn admit(self: &Arc<Self>, now: Instant) -> Result<Permit, ErrorKind> {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             return Err(ErrorKind::CircuitSaturated {
@@ -97,7 +97,7 @@ impl Circuit {
         }
         let (admission, transition, state) = {
             let mut breaker = self.lock();
-            let (admission, transition) = breaker.admit(Instant::now().into_std());
+            let (admission, transition) = breaker.admit(now.into_std());
             (admission, transition, breaker.state())
         };
         if let Some(t) = transition {
@@ -123,10 +123,17 @@ impl Circuit {
     }
 
     /// Records the result of a permitted call; returns the new state when it changed.
-    pub fn record(&self, mut permit: Permit, failed: bool, took: Duration, what: &str) -> Option<BreakerState> {
+    pub fn record(
+        &self,
+        now: Instant,
+        mut permit: Permit,
+        failed: bool,
+        took: Duration,
+        what: &str,
+    ) -> Option<BreakerState> {
         let ticket = permit.ticket.take()?;
         let transition = self.lock().record(
-            Instant::now().into_std(),
+            now.into_std(),
             Call {
                 ticket,
                 failed,

@@ -11,6 +11,7 @@ pub mod circuit;
 pub mod error;
 pub mod fault;
 pub mod headers;
+mod net;
 pub mod pool;
 mod record;
 pub mod replay;

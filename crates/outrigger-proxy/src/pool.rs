@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::net::Socket;
 
 /// Pool settings of one upstream.
 #[derive(Clone, Debug)]
@@ -178,7 +179,7 @@ impl EndpointPool {
     }
 
     async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
-        let io = TokioIo::new(self.connect_tcp().await.map_err(SendError::Connect)?);
+        let io = TokioIo::new(Socket::new(self.connect_tcp().await.map_err(SendError::Connect)?));
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -246,7 +247,7 @@ impl EndpointPool {
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
-        let io = TokioIo::new(self.connect_tcp().await.map_err(SendError::Connect)?);
+        let io = TokioIo::new(Socket::new(self.connect_tcp().await.map_err(SendError::Connect)?));
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)

@@ -116,12 +116,12 @@ impl RetryRt {
         (p.attempts > 1 && (!p.idempotent_only || idempotent(method))).then_some(p.replay_buffer_bytes)
     }
 
-    /// Counts a request against the budget (once per request).
-    pub fn deposit(&self) {
+    /// Counts a request (arrived at `now`) against the budget, once per request.
+    pub fn deposit(&self, now: Instant) {
         self.budget
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .deposit(Instant::now().into_std());
+            .deposit(now.into_std());
     }
 
     /// Retries the budget still allows now (for the record of a retry decision).
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn an_empty_budget_refuses_and_counts() {
         let r = rt(3, vec![RetryOn::Reset], 0.0, 0.0);
-        r.deposit();
+        r.deposit(Instant::now());
         assert!(matches!(
             r.decide(1, Reason::Reset, Duration::from_secs(5), None),
             Decision::BudgetExhausted

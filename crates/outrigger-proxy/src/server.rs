@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 
 use outrigger_config::ListenerLimits;
 
+use crate::net::Socket;
 use crate::stack::{ConnCtx, Shared};
 
 /// The HTTP server settings of one listener: HTTP/1.1 and HTTP/2 (prior knowledge, told
@@ -132,26 +133,10 @@ async fn serve_connection(
     };
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ActivityIo {
-        inner: stream,
+        inner: Socket::new(stream),
         activity: activity.clone(),
     });
     let active = ctx.active.clone();
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
-        let ctx = ctx.clone();
-        async move {
-            let (id, version) = (crate::headers::request_id(req.headers()), req.version());
-            // A bug in one request must not take the connection, let alone the proxy, down.
-            let answer = match AssertUnwindSafe(shared.clone().handle(req, ctx, id.clone()))
-                .catch_unwind()
-                .await
-            {
-                Ok(response) => response,
-                Err(panic) => shared.panicked(&id, version, panic.as_ref()),
-            };
-            Ok::<_, Infallible>(answer)
-        }
-    });
     let watch = Watch {
         activity,
         active,
@@ -161,12 +146,35 @@ async fn serve_connection(
     // Boxed, so each connection holds memory for its own protocol's state only (an idle
     // HTTP/1.1 connection would otherwise carry room for an HTTP/2 one).
     if plain_http1 {
+        // hyper keeps one boxed slot per connection for the request in progress.
+        let service = service_fn(move |req| respond(shared.clone(), ctx.clone(), req));
         let conn = builder.http1.serve_connection(io, service).with_upgrades();
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
     } else {
+        // Each HTTP/2 stream is a task of its own: boxed, the request's future (~3 KiB) is
+        // made in place once instead of being moved into the stream and then into the task.
+        let service = service_fn(move |req| Box::pin(respond(shared.clone(), ctx.clone(), req)));
         let conn = builder.http2.serve_connection(io, service);
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
     }
+}
+
+/// Answers one request; a panic inside becomes a 500 for this request only.
+async fn respond(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<crate::body::ResponseBody>, Infallible> {
+    let (id, version) = (crate::headers::request_id(req.headers()), req.version());
+    // A bug in one request must not take the connection, let alone the proxy, down.
+    let answer = match AssertUnwindSafe(shared.clone().handle(req, ctx, id.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => shared.panicked(&id, version, panic.as_ref()),
+    };
+    Ok(answer)
 }
 
 enum Sniffed {
@@ -280,7 +288,7 @@ pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, upstream_name
 /// A socket that counts the reads and writes that moved bytes, so the idle check can see
 /// traffic without a clock read per I/O.
 struct ActivityIo {
-    inner: TcpStream,
+    inner: Socket,
     activity: Arc<AtomicU64>,
 }
 

@@ -379,7 +379,8 @@ impl Shared {
             None
         };
         let budget = grpc_timeout.map_or(route.timeout, |t| t.min(route.timeout));
-        let deadline = Instant::now() + budget;
+        // Counted from the request's arrival (one clock read serves the record and this).
+        let deadline = done.started() + budget;
 
         // --- rewrite ---
         let upgrading = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
@@ -403,22 +404,25 @@ impl Shared {
         // --- retry ---
         let upstream = route.upstream.clone();
         let http2 = upstream.uses_http2(grpc, upgrading);
-        route.retry.deposit();
+        route.retry.deposit(done.started());
         let mut fresh_only = false;
         let mut race_retried = false;
         let tried = loop {
             let n = done.attempts_made() as u32 + 1;
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            // One clock read per attempt start and one per attempt end: the breaker, the
+            // balancer, the pool and the timer all take their time from these.
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
             if remaining.is_zero() {
                 break Tried::Failed(located(ErrorKind::UpstreamTimeout { after: budget }, &route));
             }
             // --- breaker ---
-            let permit = match upstream.circuit.admit() {
+            let permit = match upstream.circuit.admit(started) {
                 Ok(p) => p,
                 Err(kind) => break Tried::Failed(located(kind, &route)),
             };
             // --- balance ---
-            let Some(endpoint) = upstream.endpoints.pick() else {
+            let Some(endpoint) = upstream.endpoints.pick(started) else {
                 let known = upstream.endpoints.len();
                 break Tried::Failed(located(ErrorKind::NoHealthyEndpoints { known }, &route));
             };
@@ -449,16 +453,16 @@ impl Shared {
             }
             let per_try = route.retry.per_try_timeout().filter(|p| *p < remaining);
             let in_flight = endpoint.start();
-            let started = Instant::now();
             // Boxed: hyper keeps room for this request future in every client connection,
             // idle or not, and the upstream send (connect, handshake, HTTP/1 or HTTP/2) is
             // most of its size; boxed, an idle keep-alive connection costs about 4 KiB less.
-            let sent = tokio::time::timeout(
-                per_try.unwrap_or(remaining),
+            let sent = tokio::time::timeout_at(
+                started + per_try.unwrap_or(remaining),
                 Box::pin(UpstreamRt::send_to(&endpoint.pool, attempt_req, http2, fresh_only)),
             )
             .await;
-            let took = started.elapsed();
+            let finished = Instant::now();
+            let took = finished.saturating_duration_since(started);
             drop(in_flight);
 
             let (tried, conn_info) = match sent {
@@ -521,7 +525,7 @@ impl Shared {
                 }
             };
             let circuit_state = permit.state();
-            match upstream.circuit.record(permit, failed, took, &what) {
+            match upstream.circuit.record(finished, permit, failed, took, &what) {
                 Some(BreakerState::Open) => done.notes.push(format!("the breaker of '{}' opened", upstream.name)),
                 Some(BreakerState::Closed) => done.notes.push(format!("the breaker of '{}' closed", upstream.name)),
                 _ => {}
@@ -532,9 +536,9 @@ impl Shared {
                 Tried::Failed(_) => None,
             };
             if let Some(took) = latency {
-                upstream.observe_latency(took);
+                upstream.observe_latency(took, finished);
             }
-            if let Health::Ejected(period) = upstream.endpoints.record(&endpoint, failed, latency, backoff) {
+            if let Health::Ejected(period) = upstream.endpoints.record(finished, &endpoint, failed, latency, backoff) {
                 tracing::warn!(
                     kind = "outlier",
                     upstream = %upstream.name,

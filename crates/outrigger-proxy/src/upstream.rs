@@ -99,13 +99,13 @@ impl UpstreamRt {
 
     /// Folds one attempt's time to its response head (or to its timeout) into the latency
     /// baseline; logs when the upstream becomes (or stops being) much slower than usual.
-    pub fn observe_latency(&self, took: Duration) {
+    pub fn observe_latency(&self, took: Duration, now: Instant) {
         let finished = self
             .latency
             .baseline
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .observe(took, Instant::now().into_std());
+            .observe(took, now.into_std());
         let Some((reading, change)) = finished else { return };
         self.latency.ratio.set((reading.ratio * 100.0).round() / 100.0);
         let ms = |d: Duration| (d.as_secs_f64() * 10_000.0).round() / 10.0;

@@ -1,0 +1,140 @@
+//! The TCP socket both sides of the proxy read and write through.
+//!
+//! hyper hands a response or request over as several slices (the head, then each body
+//! chunk) and a plain tokio socket turns them into `writev(2)`. For the small messages that
+//! make up most sidecar traffic, copying the slices into one buffer and sending that with
+//! `send(2)` costs less than the vectored call's extra work in the kernel (measured in
+//! docs/performance.md); large writes stay vectored, so a body is never copied whole.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Writes up to this many bytes in all are gathered into one buffer on the stack.
+const GATHER_LIMIT: usize = 2048;
+
+/// A connected TCP stream whose small vectored writes go out as one `send(2)`.
+pub(crate) struct Socket(TcpStream);
+
+impl Socket {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        Socket(stream)
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let stream = Pin::new(&mut self.0);
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        match (filled.next(), filled.next()) {
+            (None, _) => Poll::Ready(Ok(0)),
+            (Some(only), None) => stream.poll_write(cx, only),
+            (Some(_), Some(_)) => {
+                let total: usize = bufs.iter().map(|b| b.len()).sum();
+                if total > GATHER_LIMIT {
+                    return stream.poll_write_vectored(cx, bufs);
+                }
+                let mut one = [0u8; GATHER_LIMIT];
+                let mut len = 0;
+                for b in bufs {
+                    one[len..len + b.len()].copy_from_slice(b);
+                    len += b.len();
+                }
+                stream.poll_write(cx, &one[..len])
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    async fn pair() -> (Socket, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Socket::new(client.unwrap()), accepted.unwrap().0)
+    }
+
+    /// Writes `slices` vectored until all of it is out and returns what the peer read.
+    async fn round_trip(slices: &[&[u8]]) -> Vec<u8> {
+        let (mut socket, mut peer) = pair().await;
+        // Read while writing, so a large write cannot stall on full socket buffers.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.map(|_| got)
+        });
+        let total: usize = slices.iter().map(|s| s.len()).sum();
+        let mut sent = 0;
+        while sent < total {
+            // Rebuild the slices past what was written, as hyper does after a short write.
+            let mut skip = sent;
+            let rest: Vec<IoSlice<'_>> = slices
+                .iter()
+                .filter_map(|s| {
+                    if skip >= s.len() {
+                        skip -= s.len();
+                        None
+                    } else {
+                        let part = &s[skip..];
+                        skip = 0;
+                        Some(IoSlice::new(part))
+                    }
+                })
+                .collect();
+            let n = socket.write_vectored(&rest).await.unwrap();
+            assert!(n > 0);
+            sent += n;
+        }
+        socket.shutdown().await.unwrap();
+        reader.await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn small_and_large_vectored_writes_arrive_whole_and_in_order() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n".as_slice();
+        assert_eq!(round_trip(&[head, b"", b"ok"]).await, [head, b"ok"].concat());
+        assert_eq!(round_trip(&[b"", b"only"]).await, b"only");
+        assert!(round_trip(&[b"", b""]).await.is_empty());
+        // Exactly the limit is gathered; one byte more goes out vectored.
+        let at_limit = vec![b'a'; GATHER_LIMIT - head.len()];
+        assert_eq!(round_trip(&[head, &at_limit]).await, [head, &at_limit].concat());
+        let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(round_trip(&[head, &big, b"tail"]).await, [head, &big, b"tail"].concat());
+    }
+}
