@@ -187,12 +187,12 @@ impl ProxyBody {
 /// for gRPC calls with a deadline, the time the stream must end by.
 pub struct ResponseBody {
     body: ProxyBody,
-    completion: Option<Completion>,
+    completion: Option<Box<Completion>>,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
 }
 
 impl ResponseBody {
-    pub(crate) fn new(body: ProxyBody, completion: Option<Completion>) -> Self {
+    pub(crate) fn new(body: ProxyBody, completion: Option<Box<Completion>>) -> Self {
         ResponseBody {
             body,
             completion,

@@ -147,7 +147,9 @@ impl EndpointPool {
             let (mut sender, info) = match if fresh_only { None } else { self.take_idle() } {
                 Some(found) => found,
                 None => (
-                    self.connect_http1().await?,
+                    // Boxed: connecting is rare on a warm pool, and unboxed its state would
+                    // size every request's future (about 300 bytes each in flight).
+                    Box::pin(self.connect_http1()).await?,
                     ConnInfo {
                         reused: false,
                         idle_for: Duration::ZERO,
@@ -215,7 +217,8 @@ impl EndpointPool {
                     },
                 ),
                 None => (
-                    self.connect_http2().await?,
+                    // Boxed, as above (the HTTP/2 handshake's state is over 1 KiB).
+                    Box::pin(self.connect_http2()).await?,
                     ConnInfo {
                         reused: false,
                         idle_for: Duration::ZERO,

@@ -209,7 +209,7 @@ impl Completion {
         request_id: HeaderValue,
         trace: crate::trace::TraceContext,
         conn_active: Arc<AtomicUsize>,
-    ) -> Self {
+    ) -> Box<Self> {
         conn_active.fetch_add(1, Ordering::Relaxed);
         // Only kept when spans are exported: one allocation the request path need not make.
         let host = shared.spans.as_ref().and_then(|_| {
@@ -218,7 +218,9 @@ impl Completion {
                 .map(|a| a.as_str().to_owned())
                 .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok().map(str::to_owned))
         });
-        Completion {
+        // Boxed: the record travels from the request future into the response body, and
+        // hyper keeps room for both in every connection, idle or not.
+        Box::new(Completion {
             shared,
             start: Instant::now(),
             request_id,
@@ -243,7 +245,7 @@ impl Completion {
             body_code: None,
             client_gone: false,
             conn_active,
-        }
+        })
     }
 
     pub(crate) fn set_route(&mut self, route: Arc<RouteRt>) {

@@ -669,7 +669,7 @@ impl Shared {
     /// and log only the original body's length and type.
     fn normalized(
         &self,
-        mut done: Completion,
+        mut done: Box<Completion>,
         route: &RouteRt,
         answer: AttemptResponse,
         grpc: bool,
@@ -709,7 +709,7 @@ impl Shared {
 
     fn fallback(
         &self,
-        mut done: Completion,
+        mut done: Box<Completion>,
         route: &RouteRt,
         fb: &FallbackRt,
         code: &'static str,
@@ -736,7 +736,7 @@ impl Shared {
         Response::from_parts(head, ResponseBody::new(body, Some(done)))
     }
 
-    fn fail(&self, mut done: Completion, err: ProxyError, grpc: bool) -> Response<ResponseBody> {
+    fn fail(&self, mut done: Box<Completion>, err: ProxyError, grpc: bool) -> Response<ResponseBody> {
         let cx = RenderContext {
             request_id: done.request_id.to_str().unwrap_or(""),
             path: done.uri.path(),
