@@ -22,11 +22,10 @@ fn router(n: usize) -> Router<()> {
     Router::new(config.routes.into_iter().map(|r| (r, Vec::new(), ())).collect())
 }
 
-/// The worst case: the request falls through every route to the last.
-#[divan::bench(args = [10, 1000])]
-fn route_match_fall_through(bencher: divan::Bencher, n: usize) {
+/// Times `find` for a GET of `uri` over a table of `n` routes.
+fn bench_find(bencher: divan::Bencher, n: usize, uri: &str) {
     let r = router(n);
-    let uri: Uri = "/not/matching/anything".parse().expect("uri");
+    let uri: Uri = uri.parse().expect("uri");
     let headers = HeaderMap::new();
     bencher.bench_local(|| {
         let req = Request {
@@ -42,6 +41,18 @@ fn route_match_fall_through(bencher: divan::Bencher, n: usize) {
         };
         divan::black_box(r.find(divan::black_box(&req), &q).is_some())
     });
+}
+
+/// The worst case of a list walk: the request falls through every route to the last.
+#[divan::bench(args = [10, 1000])]
+fn route_match_fall_through(bencher: divan::Bencher, n: usize) {
+    bench_find(bencher, n, "/not/matching/anything");
+}
+
+/// A hit in the middle of the table: `/svc{n/2}/...`.
+#[divan::bench(args = [10, 1000])]
+fn route_match_hit_middle(bencher: divan::Bencher, n: usize) {
+    bench_find(bencher, n, &format!("/svc{}/orders/42", n / 2));
 }
 
 #[divan::bench]
