@@ -161,3 +161,29 @@ fn pretty_logs_are_for_people() {
         "unknown formats are usage errors"
     );
 }
+
+#[test]
+fn a_duration_too_long_to_mean_anything_is_refused_with_its_position() {
+    // "No timeout" written as an absurd one used to overflow the clock at start-up.
+    let file = temp_file(
+        "huge.yaml",
+        "listeners:\n  - {name: inbound, address: 127.0.0.1:15001}\nupstreams:\n  app: {endpoints: [127.0.0.1:8080]}\nroutes:\n  - name: default\n    match: {path_prefix: /}\n    upstream: app\n    timeout: 18446744073709551615s\n    retry: {attempts: 3, per_try_timeout: 500000000000y}\n",
+    );
+    let (code, out, err) = run_cli(&["check", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let f = file.display();
+    assert!(
+        err.contains(&format!(
+            "{f}:9:14: routes[0].timeout: duration `18446744073709551615s` is longer than 10 years"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:10:43: routes[0].retry.per_try_timeout: duration `500000000000y` is longer than 10 years"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("fix: give a real bound"), "{err}");
+    assert!(err.contains("2 errors in"), "{err}");
+}

@@ -630,3 +630,26 @@ async fn dns_names_are_resolved_and_followed() {
         assert_eq!(request(&proxy, "GET", "/", Bytes::new()).await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn an_absurd_retry_after_from_the_upstream_is_capped_not_a_crash() {
+    // `Retry-After` is the upstream's word: a huge value must not overflow the clock it is
+    // added to (endpoint backoff, retry wait), and one that is not a number is ignored.
+    let up = Upstream::start(Mode::Ok).await;
+    let retry =
+        "    retry: {attempts: 2, on: [unavailable], retriable_status: [429], backoff: {base: 1ms, max: 5ms}}\n";
+    let proxy = Outrigger::start(&yaml(&[up.addr()], "", retry));
+    for value in ["18446744073709551615", "99999999999999999999999", "soon"] {
+        let reply = request(&proxy, "GET", &format!("/retry-after/{value}"), Bytes::new()).await;
+        assert_eq!(reply.status, 429, "Retry-After: {value}: {:?}", reply.body);
+    }
+    // The lone endpoint is backed off, yet still used when nothing else is left.
+    let reply = request(&proxy, "GET", "/echo", Bytes::new()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(proxy.metric("outrigger_internal_errors_total", &[]).await, 0.0);
+    assert!(
+        proxy.raw_lines().iter().all(|l| !l.contains("panic")),
+        "{:?}",
+        proxy.raw_lines()
+    );
+}

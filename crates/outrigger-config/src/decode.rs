@@ -358,11 +358,24 @@ pub(crate) fn percent(cx: &mut Cx, node: &Node, path: &str) -> Option<f64> {
     Some(v)
 }
 
+/// The longest duration a config may give. Longer ones are a way of writing "never", and
+/// added to the clock they could overflow it; every setting has a real bound far below this.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// A duration written as a string with a unit: `250ms`, `2s`, `1m`.
 pub(crate) fn duration(cx: &mut Cx, node: &Node, path: &str) -> Option<Duration> {
     const FIX: &str = "write a duration with a unit, such as `250ms`, `2s` or `1m`";
     match &node.value {
         Value::Str(s) => match humantime::parse_duration(s.trim()) {
+            Ok(d) if d > MAX_DURATION => {
+                cx.error(
+                    node.pos,
+                    path,
+                    format!("duration `{s}` is longer than 10 years"),
+                    "give a real bound (a route timeout of `30s` or `5m`, say); a wait this long is never reached",
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 cx.error(node.pos, path, format!("invalid duration `{s}`: {e}"), FIX);

@@ -31,9 +31,12 @@ pub(crate) fn route(
         if r.attempts > 1 {
             match r.per_try_timeout {
                 Some(per_try) => {
-                    let worst = per_try * r.attempts + r.backoff.max * (r.attempts - 1);
+                    // Saturating: `attempts` is only bounded by u32.
+                    let worst = per_try
+                        .saturating_mul(r.attempts)
+                        .saturating_add(r.backoff.max.saturating_mul(r.attempts - 1));
                     if worst > timeout {
-                        let fit = ((timeout.as_nanos() + r.backoff.max.as_nanos()) / (per_try + r.backoff.max).as_nanos().max(1)) as u32;
+                        let fit = ((timeout.as_nanos() + r.backoff.max.as_nanos()) / per_try.saturating_add(r.backoff.max).as_nanos().max(1)) as u32;
                         cx.warn(
                             node.pos,
                             &path,

@@ -211,9 +211,16 @@ impl RetryRt {
 }
 
 /// `Retry-After` as a wait: delay-seconds only (an HTTP-date is ignored).
+///
+/// Capped at an hour: it is the upstream's word, and a huge or buggy value must neither bench
+/// an endpoint for years nor overflow the clock it is added to.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    const LONGEST: Duration = Duration::from_secs(3600);
     let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(LONGEST))
 }
 
 #[cfg(test)]

@@ -380,7 +380,11 @@ impl Shared {
         };
         let budget = grpc_timeout.map_or(route.timeout, |t| t.min(route.timeout));
         // Counted from the request's arrival (one clock read serves the record and this).
-        let deadline = done.started() + budget;
+        // Config durations are bounded, but a clock overflow must never be a panic here.
+        let deadline = done
+            .started()
+            .checked_add(budget)
+            .unwrap_or_else(|| done.started() + Duration::from_secs(365 * 24 * 3600));
 
         // --- rewrite ---
         let upgrading = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());

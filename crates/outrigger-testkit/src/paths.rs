@@ -178,6 +178,14 @@ pub(crate) async fn answer(req: Request<Incoming>, mode: Mode) -> Response<TestB
         );
         return r;
     }
+    if let Some(v) = path.strip_prefix("/retry-after/") {
+        // 429 with whatever `Retry-After` the path asks for, however absurd.
+        let mut r = fixed(429, "text/plain", "slow down\n");
+        if let Ok(v) = HeaderValue::from_str(v) {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     if let Some(s) = path.strip_prefix("/status/").and_then(|n| n.parse::<u16>().ok()) {
         return fixed(s, "text/plain", format!("status {s} from testkit\n"));
     }
