@@ -136,8 +136,8 @@ impl LatencyBaseline {
         }
         Some(Reading {
             ratio: self.recent_s / self.baseline_s,
-            recent: Duration::from_secs_f64(self.recent_s),
-            baseline: Duration::from_secs_f64(self.baseline_s),
+            recent: Duration::try_from_secs_f64(self.recent_s).unwrap_or_default(),
+            baseline: Duration::try_from_secs_f64(self.baseline_s).unwrap_or_default(),
         })
     }
 }
