@@ -143,29 +143,24 @@ struct TrieNode {
 }
 
 impl PrefixTrie {
+    /// Built once per config; `at` is always a node index this function made.
     fn insert(&mut self, prefix: &[u8], route: usize) {
         if self.nodes.is_empty() {
             self.nodes.push(TrieNode::default());
         }
         let mut at = 0;
         for &b in prefix {
-            let found = self.nodes.get(at).map(|n| n.next.binary_search_by_key(&b, |&(k, _)| k));
-            at = match found {
-                Some(Ok(pos)) => self.nodes.get(at).and_then(|n| n.next.get(pos)).map_or(0, |&(_, c)| c),
-                Some(Err(pos)) => {
+            at = match self.nodes[at].next.binary_search_by_key(&b, |&(k, _)| k) {
+                Ok(pos) => self.nodes[at].next[pos].1,
+                Err(pos) => {
                     let child = self.nodes.len();
                     self.nodes.push(TrieNode::default());
-                    if let Some(n) = self.nodes.get_mut(at) {
-                        n.next.insert(pos, (b, child));
-                    }
+                    self.nodes[at].next.insert(pos, (b, child));
                     child
                 }
-                None => return,
             };
         }
-        if let Some(n) = self.nodes.get_mut(at) {
-            n.routes.push(route);
-        }
+        self.nodes[at].routes.push(route);
     }
 
     /// Calls `visit` with the routes of every prefix of `path`, shortest first.

@@ -414,7 +414,7 @@ impl Shared {
         let tried = loop {
             let n = done.attempts_made() as u32 + 1;
             // One clock read per attempt start and one per attempt end: the breaker, the
-            // balancer, the pool and the timer all take their time from these.
+            // balancer, the latency baseline and the attempt timer take their time from these.
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             if remaining.is_zero() {

@@ -224,6 +224,13 @@ impl JsonLine {
     }
 }
 
+/// Now, as the `ts` of a line.
+fn timestamp_now() -> String {
+    let mut ts = String::with_capacity(24);
+    push_timestamp(&mut ts, SystemTime::now());
+    ts
+}
+
 /// Appends `t` as RFC 3339 UTC with milliseconds (`2026-11-30T17:36:58.123Z`), the same text
 /// as `humantime::format_rfc3339_millis`. The date and time of day change once a second, so
 /// they are formatted once a second and kept; only the milliseconds are written per line.
@@ -342,10 +349,7 @@ fn start_flusher() {
 /// written on every request, so they skip tracing's machinery.
 pub fn write_line(level: Level, kind: &str, msg: &str, fields: Map<String, Value>) {
     let mut obj = Map::with_capacity(fields.len() + 4);
-    obj.insert(
-        "ts".into(),
-        Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-    );
+    obj.insert("ts".into(), Value::String(timestamp_now()));
     obj.insert("level".into(), Value::String(level_word(&level).into()));
     obj.insert("kind".into(), Value::String(kind.into()));
     obj.insert("msg".into(), Value::String(msg.into()));
@@ -426,10 +430,7 @@ fn render(level: &Level, event: &Event<'_>) -> String {
     let mut fields = FieldMap(Map::new());
     event.record(&mut fields);
     let mut obj = Map::with_capacity(fields.0.len() + 4);
-    obj.insert(
-        "ts".into(),
-        Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-    );
+    obj.insert("ts".into(), Value::String(timestamp_now()));
     obj.insert("level".into(), Value::String(level_word(level).into()));
     let kind = fields
         .0
