@@ -108,6 +108,30 @@ async fn http2_upstream_carries_trailers_to_http2_clients() {
 }
 
 #[tokio::test]
+async fn http1_upstream_chunked_trailers_reach_http2_clients() {
+    // The upstream sends trailers over HTTP/1.1 only to a request that says `te: trailers`;
+    // the proxy keeps that header and decodes the chunked body, trailers and all.
+    let up = Upstream::start(Mode::Ok).await;
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let resp = http2_client()
+        .request(
+            http::Request::get(proxy.url("/trailers"))
+                .header("te", "trailers")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = up.last_request_headers().unwrap();
+    assert_eq!(seen["te"], "trailers", "{seen:?}");
+    let collected = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers["x-checksum"], "done");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"body before trailers"));
+}
+
+#[tokio::test]
 async fn routes_match_by_path_method_header_and_listener_first_match_wins() {
     let a = Upstream::start(Mode::Ok).await;
     let b = Upstream::start(Mode::Status(201)).await;

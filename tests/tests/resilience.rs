@@ -568,6 +568,34 @@ async fn the_keepalive_race_is_retried_once_on_a_fresh_connection_and_explained(
 }
 
 #[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_skipped_not_used_even_for_a_post() {
+    let up = Upstream::start(Mode::CloseWhenIdle).await;
+    let proxy = Outrigger::start(&yaml(&[up.addr()], "", ""));
+    for round in 1..=3 {
+        // Not idempotent: had the closed connection been used, this would be a 502.
+        let reply = request(&proxy, "POST", "/", Bytes::from_static(b"x")).await;
+        assert_eq!(reply.status, 200, "round {round}");
+        let line = proxy.access_log(reply.header("x-request-id")).await;
+        let attempts = line["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{line}");
+        assert_eq!(attempts[0]["connection"], "fresh", "{line}");
+        // The upstream's close has reached the proxy's socket before the next request.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while up.closed() < round {
+            assert!(Instant::now() < deadline, "the upstream closes its connection");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(up.connections(), 3);
+    assert_eq!(
+        proxy
+            .metric("outrigger_retries_total", &["reason=\"keepalive_race\""])
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn a_deadline_passing_mid_stream_resets_the_stream_never_a_504_after_200() {
     let up = Upstream::start(Mode::Ok).await;
     let proxy = Outrigger::start(&yaml(&[up.addr()], "    protocol: auto\n", "    timeout: 30s\n"));

@@ -224,7 +224,7 @@ impl Body for ResponseBody {
             ProxyBody::Empty => None,
             ProxyBody::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             ProxyBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(frame) => frame.map(|f| f.map_err(BoxError::from)),
+                Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     if let Some((sleep, budget)) = this.deadline.as_mut()
                         && sleep.as_mut().poll(cx).is_ready()

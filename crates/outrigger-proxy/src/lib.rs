@@ -10,6 +10,7 @@ pub mod body;
 pub mod circuit;
 pub mod error;
 pub mod fault;
+pub mod h1;
 pub mod headers;
 mod net;
 pub mod pool;

@@ -23,6 +23,21 @@ impl Socket {
     pub(crate) fn new(stream: TcpStream) -> Self {
         Socket(stream)
     }
+
+    /// For a connection at rest: true when the peer has neither closed it nor sent anything.
+    /// Asks the kernel only when the event loop has seen the socket become readable (tokio
+    /// clears that mark after a read that drained it), so a quiet socket costs no syscall.
+    pub(crate) fn is_quiet(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.0.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.0.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
 }
 
 impl AsyncRead for Socket {

@@ -1,13 +1,16 @@
 //! Connections to one endpoint: HTTP/1.1 keep-alive connections reused one request at a
-//! time, and one multiplexed HTTP/2 connection.
+//! time (spoken by [`crate::h1`] inside the request's task), and one multiplexed HTTP/2
+//! connection (hyper's client, on a task of its own).
 //!
 //! We keep our own pool instead of hyper-util's legacy client because the proxy must know,
 //! for every attempt, whether the connection was fresh or reused and how long it had been
 //! idle (the keep-alive race behind most "connection reset" mysteries), and must choose the
 //! endpoint itself while keeping the client's `Host`/`:authority`.
 //!
-//! An HTTP/1.1 connection goes back to the idle list only once its response body has been
-//! read to the end ([`UpstreamBody`] does that); one abandoned mid-body is closed.
+//! An HTTP/1.1 connection goes back to the idle list only once both messages ended cleanly
+//! ([`UpstreamBody`] does that when its last frame is read); one abandoned mid-body is closed.
+//! An idle connection has no task watching it: one the upstream closed while idle is noticed
+//! (without a syscall, from the event loop's readiness) when it is next taken, and skipped.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,12 +24,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, RequestBody};
+use crate::h1;
 use crate::net::Socket;
 
 /// Pool settings of one upstream.
@@ -81,7 +85,7 @@ pub struct ConnInfo {
 }
 
 struct IdleConn {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Box<h1::Conn>,
     since: Instant,
 }
 
@@ -132,67 +136,39 @@ impl EndpointPool {
         Ok(stream)
     }
 
-    /// Sends one request over HTTP/1.1, reusing an idle connection when one is ready.
+    /// Sends one request over HTTP/1.1 on an idle connection that is still open, or on a
+    /// new one, and waits for the response head.
     ///
-    /// A reused connection that turns out to be closed before any byte of the request was
-    /// written (the upstream closed it while idle: the keep-alive race) gets the request
-    /// back from hyper, and the request goes out on a fresh connection instead. This is
-    /// always safe, whatever the method, because the upstream never saw it.
+    /// An idle connection the upstream closed (the keep-alive race) is found before anything
+    /// is written to it when its close has reached us, and skipped; one that closes while the
+    /// request is on its way fails the attempt as a reset, which the caller may retry.
     pub async fn send_http1(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        req: Request<RequestBody>,
         fresh_only: bool,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
-        loop {
-            let (mut sender, info) = match if fresh_only { None } else { self.take_idle() } {
-                Some(found) => found,
-                None => (
-                    // Boxed: connecting is rare on a warm pool, and unboxed its state would
-                    // size every request's future (about 300 bytes each in flight).
-                    Box::pin(self.connect_http1()).await?,
-                    ConnInfo {
-                        reused: false,
-                        idle_for: Duration::ZERO,
-                    },
-                ),
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-                    let back = if upgraded {
-                        None
-                    } else {
-                        Some(Checkin {
-                            pool: self.clone(),
-                            sender,
-                        })
-                    };
-                    return Ok((resp.map(|body| UpstreamBody::new(body, back)), info));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if info.reused => {
-                        tracing::debug!(endpoint = %self.label, idle_ms = info.idle_for.as_millis() as u64, "reused upstream connection was already closed; sending on another");
-                        req = unsent;
-                    }
-                    _ => return Err(SendError::Request(e.into_error(), info)),
+        let (conn, info) = match if fresh_only { None } else { self.take_idle() } {
+            Some(found) => found,
+            None => (
+                // Boxed: connecting is rare on a warm pool, and unboxed its state would
+                // size every request's future.
+                Box::pin(self.connect_tcp())
+                    .await
+                    .map(h1::Conn::new)
+                    .map_err(SendError::Connect)?,
+                ConnInfo {
+                    reused: false,
+                    idle_for: Duration::ZERO,
                 },
+            ),
+        };
+        match h1::Exchange::new(conn, req).response().await {
+            Ok(resp) => {
+                let pool = (!resp.body().is_upgrade()).then(|| self.clone());
+                Ok((resp.map(|exchange| UpstreamBody::http1(exchange, pool)), info))
             }
+            Err(e) => Err(SendError::Http1(e, info)),
         }
-    }
-
-    async fn connect_http1(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
-        let io = TokioIo::new(Socket::new(self.connect_tcp().await.map_err(SendError::Connect)?));
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(ConnectError::Handshake(e)))?;
-        let label = self.label.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/1.1 connection ended with an error");
-            }
-        });
-        Ok(sender)
     }
 
     /// Sends one request over this endpoint's HTTP/2 connection, connecting if needed.
@@ -235,7 +211,7 @@ impl EndpointPool {
                 return Err(SendError::Request(e, info));
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp.map(|b| UpstreamBody::new(b, None)), info)),
+                Ok(resp) => return Ok((resp.map(UpstreamBody::http2), info)),
                 Err(mut e) => match e.take_message() {
                     // Not sent: the connection closed under us. Safe to send on a new one.
                     Some(unsent) if info.reused => {
@@ -288,33 +264,27 @@ impl EndpointPool {
     /// Bounded work per request whatever the pool size: one clock read, expired connections
     /// popped from the front, and a scan from the back that usually stops at the first entry
     /// (a scan over the whole list cost 6 % of the CPU at 1,000 client connections).
-    fn take_idle(&self) -> Option<(http1::SendRequest<RequestBody>, ConnInfo)> {
+    fn take_idle(&self) -> Option<(Box<h1::Conn>, ConnInfo)> {
         let now = Instant::now();
         let mut idle = self.lock_idle();
         drop_expired(&mut idle, now, self.settings.idle_timeout);
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            if idle[i].sender.is_closed() {
-                idle.remove(i);
-            } else if idle[i].sender.is_ready() {
-                let conn = idle.remove(i)?;
+        while let Some(found) = idle.pop_back() {
+            if found.conn.is_open() {
                 return Some((
-                    conn.sender,
+                    found.conn,
                     ConnInfo {
                         reused: true,
-                        idle_for: now.saturating_duration_since(conn.since),
+                        idle_for: now.saturating_duration_since(found.since),
                     },
                 ));
             }
-            // Not ready yet: its previous response just ended and the connection has not
-            // noticed; leave it for the next request rather than closing it.
+            tracing::debug!(endpoint = %self.label, "idle upstream connection was closed by the upstream; skipped");
         }
         None
     }
 
-    fn checkin(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() || self.settings.max_idle == 0 {
+    fn checkin(&self, conn: Box<h1::Conn>) {
+        if self.settings.max_idle == 0 {
             return;
         }
         let now = Instant::now();
@@ -323,7 +293,7 @@ impl EndpointPool {
         if idle.len() >= self.settings.max_idle {
             idle.pop_front();
         }
-        idle.push_back(IdleConn { sender, since: now });
+        idle.push_back(IdleConn { conn, since: now });
     }
 }
 
@@ -342,60 +312,102 @@ fn drop_expired(idle: &mut VecDeque<IdleConn>, now: Instant, timeout: Duration) 
 pub enum SendError {
     /// No connection could be made.
     Connect(ConnectError),
-    /// The request or response failed on an established connection.
+    /// The HTTP/2 request or response failed on an established connection.
     Request(hyper::Error, ConnInfo),
+    /// The HTTP/1.1 exchange failed on an established connection.
+    Http1(h1::Error, ConnInfo),
 }
 
-struct Checkin {
-    pool: Arc<EndpointPool>,
-    sender: http1::SendRequest<RequestBody>,
-}
+/// An upstream response body. Over HTTP/1.1 reading it drives the exchange (and the rest of
+/// the request body); once it has ended cleanly the connection goes back to the pool.
+pub struct UpstreamBody(Inner);
 
-/// An upstream response body that returns its HTTP/1.1 connection to the pool once read
-/// to the end.
-pub struct UpstreamBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
+enum Inner {
+    Http1 {
+        exchange: h1::Exchange,
+        /// Where the connection goes back to; `None` when it cannot be reused (an upgrade).
+        pool: Option<Arc<EndpointPool>>,
+    },
+    Http2(Incoming),
+    /// The HTTP/1.1 body ended and its connection was handed back (or closed).
+    Ended,
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, checkin: Option<Checkin>) -> Self {
-        let mut body = UpstreamBody { inner, checkin };
-        if body.inner.is_end_stream() {
+    fn http1(exchange: h1::Exchange, pool: Option<Arc<EndpointPool>>) -> Self {
+        let mut body = UpstreamBody(Inner::Http1 { exchange, pool });
+        if body.is_end_stream() && !body.is_upgrade() {
             body.release();
         }
         body
     }
 
+    fn http2(inner: Incoming) -> Self {
+        UpstreamBody(Inner::Http2(inner))
+    }
+
+    fn is_upgrade(&self) -> bool {
+        matches!(&self.0, Inner::Http1 { exchange, .. } if exchange.is_upgrade())
+    }
+
+    /// Returns a finished HTTP/1.1 connection to its pool, when it can carry another request.
     fn release(&mut self) {
-        if let Some(c) = self.checkin.take() {
-            c.pool.checkin(c.sender);
+        if let Inner::Http1 { exchange, pool } = std::mem::replace(&mut self.0, Inner::Ended)
+            && let (Some(pool), Some(conn)) = (pool, exchange.into_reusable())
+        {
+            pool.checkin(conn);
+        }
+    }
+
+    /// After `101 Switching Protocols` from an HTTP/1.1 upstream: its connection, for the
+    /// tunnel. `None` for any other response.
+    pub(crate) fn take_upgrade(&mut self) -> Option<h1::Upgraded> {
+        if !self.is_upgrade() {
+            return None;
+        }
+        match std::mem::replace(&mut self.0, Inner::Ended) {
+            Inner::Http1 { exchange, .. } => exchange.into_upgraded(),
+            _ => None,
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            None => this.release(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.release(),
-            // A failed body leaves the connection unusable: dropping the sender closes it.
-            Some(Err(_)) => this.checkin = None,
-            Some(Ok(_)) => {}
+        match &mut this.0 {
+            Inner::Http1 { exchange, .. } => {
+                let frame = ready!(Pin::new(exchange).poll_frame(cx));
+                match &frame {
+                    Some(Ok(_)) if !this.is_end_stream() => {}
+                    // Ended, cleanly or not: `release` reuses the connection only when clean.
+                    _ => this.release(),
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Inner::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            Inner::Ended => Poll::Ready(None),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Inner::Http1 { exchange, .. } => exchange.is_end_stream(),
+            Inner::Http2(body) => body.is_end_stream(),
+            Inner::Ended => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Inner::Http1 { exchange, .. } => exchange.size_hint(),
+            Inner::Http2(body) => body.size_hint(),
+            Inner::Ended => SizeHint::with_exact(0),
+        }
     }
 }

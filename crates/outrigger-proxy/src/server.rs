@@ -270,16 +270,15 @@ impl Watch {
 
 /// Copies bytes both ways between a client and an upstream after a `101 Switching Protocols`
 /// (WebSocket), until either side closes.
-pub(crate) async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, upstream_name: Arc<str>) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+pub(crate) async fn tunnel(client: OnUpgrade, mut upstream: crate::h1::Upgraded, upstream_name: Arc<str>) {
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             tracing::warn!(kind = "upgrade", upstream = %upstream_name, error = %e, "A protocol upgrade (WebSocket) could not be completed.");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(upstream = %upstream_name, error = %e, "upgraded connection ended with an error");
     }

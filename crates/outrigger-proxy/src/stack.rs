@@ -645,8 +645,9 @@ impl Shared {
 
         // --- respond ---
         let mut response = answer.response;
-        if let Some(client_upgrade) = client_upgrade.filter(|_| status == StatusCode::SWITCHING_PROTOCOLS) {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
+        if let Some(client_upgrade) = client_upgrade.filter(|_| status == StatusCode::SWITCHING_PROTOCOLS)
+            && let Some(upstream_upgrade) = response.body_mut().take_upgrade()
+        {
             tokio::spawn(crate::server::tunnel(
                 client_upgrade,
                 upstream_upgrade,

@@ -264,6 +264,14 @@ fn classify(e: SendError) -> AttemptFailure {
             };
             (kind, Some(info))
         }
+        SendError::Http1(e, info) => {
+            let kind = match e {
+                crate::h1::Error::Protocol(_) => ErrorKind::UpstreamProtocolError,
+                crate::h1::Error::Io(_) | crate::h1::Error::Closed(_) => ErrorKind::UpstreamReset,
+                crate::h1::Error::Body(e) => client_body_failure(e.downcast_ref()),
+            };
+            (kind, Some(info))
+        }
     };
     AttemptFailure { kind, conn }
 }
@@ -273,14 +281,20 @@ fn client_body_error(e: &hyper::Error) -> ErrorKind {
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(body) = err.downcast_ref::<crate::body::ClientBodyError>() {
-            return match body {
-                crate::body::ClientBodyError::TooLarge(limit) => ErrorKind::PayloadTooLarge { limit: *limit },
-                crate::body::ClientBodyError::Stalled(idle) => ErrorKind::RequestTimeout { idle: *idle },
-            };
+            return client_body_failure(Some(body));
         }
         source = err.source();
     }
-    ErrorKind::BadRequest {
-        reason: "the request body ended before it was complete",
+    client_body_failure(None)
+}
+
+/// The error code for a client body that failed on its way upstream.
+fn client_body_failure(why: Option<&crate::body::ClientBodyError>) -> ErrorKind {
+    match why {
+        Some(crate::body::ClientBodyError::TooLarge(limit)) => ErrorKind::PayloadTooLarge { limit: *limit },
+        Some(crate::body::ClientBodyError::Stalled(idle)) => ErrorKind::RequestTimeout { idle: *idle },
+        None => ErrorKind::BadRequest {
+            reason: "the request body ended before it was complete",
+        },
     }
 }

@@ -49,6 +49,9 @@ pub enum Mode {
     /// Answer the first request on each connection (keep-alive), then reset the connection
     /// when the next request on it arrives: the keep-alive race, made deterministic.
     ResetReused,
+    /// Answer the first request on each connection as if keeping it alive (no
+    /// `Connection: close`), then close it: an upstream whose keep-alive timeout is zero.
+    CloseWhenIdle,
     /// `500` with an HTML page holding a stack trace and a fake secret.
     Html500,
     /// Bytes that are not HTTP.
@@ -62,7 +65,7 @@ impl Mode {
     fn is_raw(&self) -> bool {
         matches!(
             self,
-            Mode::Hang | Mode::ResetMidBody | Mode::ResetBeforeResponse | Mode::Garbage
+            Mode::Hang | Mode::ResetMidBody | Mode::ResetBeforeResponse | Mode::Garbage | Mode::CloseWhenIdle
         )
     }
 }
@@ -91,6 +94,7 @@ impl Plan {
 struct Seen {
     requests: AtomicUsize,
     connections: AtomicUsize,
+    closed: AtomicUsize,
     last_headers: Mutex<Option<http::HeaderMap>>,
 }
 
@@ -148,6 +152,11 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.seen.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections this upstream has closed itself (`CloseWhenIdle`).
+    pub fn closed(&self) -> usize {
+        self.seen.closed.load(Ordering::SeqCst)
     }
 
     /// The headers of the last request served by the HTTP server (not the raw-socket modes).
@@ -224,6 +233,7 @@ async fn accept(listener: TcpListener, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) 
                 Mode::ResetBeforeResponse => reset_before_response(stream, &seen).await,
                 Mode::Garbage => garbage(stream, &seen).await,
                 Mode::ResetReused => reset_reused(stream, &seen).await,
+                Mode::CloseWhenIdle => close_when_idle(stream, &seen).await,
                 Mode::Ok | Mode::Delay(_) | Mode::Html500 | Mode::Status(_) => serve_http(stream, mode, seen).await,
             }
         });
@@ -281,19 +291,34 @@ async fn reset_before_response(mut stream: TcpStream, seen: &Seen) {
     drop(stream);
 }
 
-async fn reset_reused(mut stream: TcpStream, seen: &Seen) {
-    if read_head(&mut stream).await.is_none() {
-        return;
+/// Reads a request and answers `200 ok` without closing; false when no request came.
+async fn answer_one(stream: &mut TcpStream, seen: &Seen) -> bool {
+    if read_head(stream).await.is_none() {
+        return false;
     }
     seen.requests.fetch_add(1, Ordering::SeqCst);
     let _ = stream
         .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
         .await;
+    true
+}
+
+async fn reset_reused(mut stream: TcpStream, seen: &Seen) {
+    if !answer_one(&mut stream, seen).await {
+        return;
+    }
     if read_head(&mut stream).await.is_some() {
         seen.requests.fetch_add(1, Ordering::SeqCst);
     }
     let _ = stream.set_zero_linger();
     drop(stream);
+}
+
+async fn close_when_idle(mut stream: TcpStream, seen: &Seen) {
+    if answer_one(&mut stream, seen).await {
+        drop(stream);
+        seen.closed.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 async fn garbage(mut stream: TcpStream, seen: &Seen) {

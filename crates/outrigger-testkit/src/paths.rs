@@ -157,6 +157,9 @@ pub(crate) async fn answer(req: Request<Incoming>, mode: Mode) -> Response<TestB
         ));
         r.headers_mut()
             .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        // hyper sends trailers over HTTP/1.1 only when they are announced.
+        r.headers_mut()
+            .insert(http::header::TRAILER, HeaderValue::from_static("x-checksum"));
         return r;
     }
     if let Some(s) = path.strip_prefix("/problem/").and_then(|n| n.parse::<u16>().ok()) {

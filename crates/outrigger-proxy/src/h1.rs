@@ -1,0 +1,1374 @@
+//! HTTP/1.1 to an upstream, driven inside the request's own task.
+//!
+//! hyper's client runs every upstream connection as a task of its own and hands it each
+//! request over a channel: per request a second task wake-up, a channel send and a oneshot
+//! back, and per connection about 25 KiB of buffers and channel blocks. A sidecar sends one
+//! request at a time on an HTTP/1.1 connection, so the request's task writes the request and
+//! reads the response itself here, the way HAProxy and nginx do in their event loops
+//! (docs/performance.md says what it bought). HTTP/2 stays with hyper.
+//!
+//! What it speaks (RFC 9112): requests framed by `Content-Length`, or chunked when the length
+//! is unknown (trailers included); responses framed by `Content-Length`, chunked (trailers
+//! passed on) or by the connection's close; no body for `HEAD`, 1xx, 204 and 304; interim
+//! 1xx responses skipped; `101 Switching Protocols` hands the socket over ([`Upgraded`]).
+//! The request body keeps flowing while the response streams (an echo, a slow upload) and a
+//! response that ends first ends the exchange. A connection is reused only when both
+//! messages ended cleanly and the upstream did not ask to close.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{BoxError, RequestBody};
+use crate::headers::connection_has;
+use crate::net::Socket;
+
+/// The read buffer a connection starts with.
+const READ_BUF: usize = 8 * 1024;
+/// The read buffer grows (doubling) while a large body fills it, up to this.
+const READ_BUF_MAX: usize = 64 * 1024;
+/// A connection going idle keeps a grown buffer up to this size (responses of a few tens of
+/// KiB would otherwise grow it again on every request) and gives back anything larger.
+const READ_BUF_KEPT: usize = 32 * 1024;
+/// A response head (or a chunk-size line, or trailers) larger than this is refused. Envoy's
+/// default limit for headers is 60 KiB.
+const MAX_HEAD: usize = 64 * 1024;
+/// At most this many header fields in a response head or trailer section (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum Error {
+    /// Reading or writing the connection failed (reset, broken pipe).
+    Io(io::Error),
+    /// The upstream closed the connection before the response was complete.
+    Closed(&'static str),
+    /// The upstream's bytes are not HTTP/1.1.
+    Protocol(&'static str),
+    /// The client's request body failed on its way (too large, stalled, cut off).
+    Body(BoxError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "the connection failed: {e}"),
+            Error::Closed(when) => write!(f, "the upstream closed the connection {when}"),
+            Error::Protocol(what) => write!(f, "the upstream's response is not valid HTTP/1.1: {what}"),
+            Error::Body(e) => write!(f, "the request body failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            Error::Body(e) => Some(e.as_ref()),
+            Error::Closed(_) | Error::Protocol(_) => None,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to an upstream, between exchanges or in one.
+pub(crate) struct Conn {
+    io: Socket,
+    /// Bytes read: `buf[start..end]` are not consumed yet. Always initialized (it is read
+    /// into through a `ReadBuf` over initialized memory; this crate forbids `unsafe`).
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The request head being written, kept between requests for its capacity.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The last read filled the buffer: a large body is streaming, so the next read may ask
+    /// for more (hyper's adaptive read strategy does the same).
+    filled: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream) -> Box<Self> {
+        Box::new(Conn {
+            io: Socket::new(stream),
+            buf: vec![0; READ_BUF],
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(512),
+            out_pos: 0,
+            filled: false,
+        })
+    }
+
+    /// Whether an idle connection can carry a request: the upstream has not closed it and
+    /// has sent nothing unasked. Costs a syscall only when the socket has signalled something.
+    pub(crate) fn is_open(&self) -> bool {
+        self.start == self.end && self.io.is_quiet()
+    }
+
+    /// Drops what a large exchange grew, before the connection waits in the pool.
+    fn shrink(&mut self) {
+        self.filled = false;
+        if self.buf.len() > READ_BUF_KEPT {
+            self.buf.truncate(READ_BUF);
+            self.buf.shrink_to_fit();
+        }
+        if self.out.capacity() > 4 * 1024 {
+            self.out = Vec::with_capacity(512);
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Takes `n` buffered bytes as a body chunk. Copied, so the read buffer stays the
+    /// connection's own and is reused (splitting off a shared buffer, as hyper does, costs
+    /// a fresh read buffer per read instead).
+    fn take(&mut self, n: usize) -> Bytes {
+        let chunk = Bytes::copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.consume(n);
+        chunk
+    }
+
+    /// Reads more bytes into the buffer, making room first; `Ok(0)` at end of stream.
+    /// Unconsumed bytes (a partial head, line or trailer section) may fill at most `limit`.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<usize, Error>> {
+        if self.filled && self.start == self.end && self.buf.len() < READ_BUF_MAX {
+            let len = self.buf.len() * 2;
+            self.buf.resize(len.min(READ_BUF_MAX), 0);
+        }
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.buf.len() < limit {
+                let len = (self.buf.len() * 2).min(limit);
+                self.buf.resize(len, 0);
+            } else {
+                return Poll::Ready(Err(Error::Protocol(
+                    "the response head (or a trailer section) is larger than 64 KiB",
+                )));
+            }
+        }
+        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(Error::Io)?;
+        let n = rb.filled().len();
+        self.filled = n > 0 && self.end + n == self.buf.len();
+        self.end += n;
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// `Content-Length`: this many bytes still to send.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// How the response body is delimited, and how far it has been read.
+enum Recv {
+    /// The response head has not arrived yet.
+    Head,
+    /// `Content-Length`: this many bytes still to read.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    UntilClose,
+    /// The body has ended.
+    Done,
+    /// `101 Switching Protocols`: the connection is no longer HTTP.
+    Upgraded,
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// What one decoding step over the buffered bytes produced.
+enum Step {
+    Frame(Frame<Bytes>),
+    More,
+    End,
+}
+
+/// One request and its response on one connection. `B` is the request body: the proxy's
+/// [`RequestBody`]; any streaming body in the tests.
+pub(crate) struct Exchange<B = RequestBody> {
+    conn: Box<Conn>,
+    /// The request body still to send (`None` once it has all been queued or has failed).
+    body: Option<B>,
+    framing: Framing,
+    /// Queued for the wire after `conn.out[conn.out_pos..]`: a body chunk, then its CRLF.
+    out_data: Bytes,
+    out_tail: &'static [u8],
+    /// A write that failed while the response head was awaited: the response may still be
+    /// readable (an upstream that answers 413 and closes), so it is reported only if not.
+    write_failed: Option<io::Error>,
+    recv: Recv,
+    head_request: bool,
+    keep_alive: bool,
+}
+
+impl<B> Exchange<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    /// Queues `req`'s head on `conn`; nothing is written until the exchange is polled.
+    /// `req` must carry an origin-form URI and a `Host` header.
+    pub(crate) fn new(mut conn: Box<Conn>, req: Request<B>) -> Self {
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let empty = body.is_end_stream();
+        // The length header written: the client's when it gave one, else the body's exact size
+        // when known; chunked otherwise. RFC 9110 §8.6: a request whose method gives content a
+        // meaning says its length even when it is zero.
+        let (framing, length) = if empty {
+            let meaningful = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            (Framing::Length(0), (declared.is_some() || meaningful).then_some(0))
+        } else {
+            match declared.or(body.size_hint().exact()) {
+                Some(n) => (Framing::Length(n), Some(n)),
+                None => (Framing::Chunked, None),
+            }
+        };
+
+        let out = &mut conn.out;
+        out.clear();
+        conn.out_pos = 0;
+        out.extend_from_slice(parts.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            // The framing headers are ours to write (hop-by-hop `Transfer-Encoding` is gone
+            // already; the length is checked against the body as it is sent).
+            if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        match (framing, length) {
+            (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            (Framing::Length(_), Some(n)) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            (Framing::Length(_), None) => {}
+        }
+        out.extend_from_slice(b"\r\n");
+
+        Exchange {
+            conn,
+            body: (!empty).then_some(body),
+            framing,
+            out_data: Bytes::new(),
+            out_tail: b"",
+            write_failed: None,
+            recv: Recv::Head,
+            head_request: parts.method == Method::HEAD,
+            keep_alive: true,
+        }
+    }
+
+    /// Sends the request and waits for the response head (skipping interim 1xx responses).
+    pub(crate) async fn response(mut self) -> Result<Response<Self>, Error> {
+        let head = std::future::poll_fn(|cx| self.poll_head(cx)).await?;
+        Ok(Response::from_parts(head, self))
+    }
+
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<http::response::Parts, Error>> {
+        self.drive_send(cx)?;
+        loop {
+            if let Some(parts) = self.parse_head()? {
+                return Poll::Ready(Ok(parts));
+            }
+            let read = ready!(self.conn.poll_fill(cx, MAX_HEAD));
+            match read {
+                Ok(0) | Err(Error::Io(_)) if self.write_failed.is_some() => {
+                    let e = self
+                        .write_failed
+                        .take()
+                        .map_or(Error::Closed("while the request was sent"), Error::Io);
+                    return Poll::Ready(Err(e));
+                }
+                Ok(0) if self.conn.buffered().is_empty() => {
+                    return Poll::Ready(Err(Error::Closed("before sending a response")));
+                }
+                Ok(0) => return Poll::Ready(Err(Error::Closed("in the middle of the response head"))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Parses a complete response head from the buffer, if there is one; interim 1xx
+    /// responses are consumed and skipped.
+    fn parse_head(&mut self) -> Result<Option<http::response::Parts>, Error> {
+        loop {
+            let buffered = self.conn.buffered();
+            if buffered.is_empty() {
+                return Ok(None);
+            }
+            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                buffered,
+                &mut slots,
+            ) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(Error::Protocol("the response head has more than 100 header fields"));
+                }
+                Err(_) => return Err(Error::Protocol("the response head does not parse")),
+            };
+            let code = parsed.code.unwrap_or(0);
+            let status = StatusCode::from_u16(code).map_err(|_| Error::Protocol("the status code is not valid"))?;
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                self.conn.consume(len);
+                continue;
+            }
+            let version = if parsed.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            // One copy of the head; every header value is a slice of it.
+            let base = buffered.as_ptr() as usize;
+            let head = Bytes::copy_from_slice(&buffered[..len]);
+            let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+            for h in parsed.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| Error::Protocol("a header name is not valid"))?;
+                let at = h.value.as_ptr() as usize - base;
+                let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
+                    .map_err(|_| Error::Protocol("a header value is not valid"))?;
+                headers.append(name, value);
+            }
+            self.conn.consume(len);
+            self.recv = self.framing_of(status, version, &mut headers)?;
+            let mut parts = Response::new(()).into_parts().0;
+            parts.status = status;
+            parts.version = version;
+            parts.headers = headers;
+            return Ok(Some(parts));
+        }
+    }
+
+    /// How the response's body is delimited (RFC 9112 §6.3), and whether the connection can
+    /// carry another request afterwards.
+    fn framing_of(&mut self, status: StatusCode, version: Version, headers: &mut HeaderMap) -> Result<Recv, Error> {
+        let close = connection_has(headers, "close");
+        self.keep_alive &= !close && (version == Version::HTTP_11 || connection_has(headers, "keep-alive"));
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.keep_alive = false;
+            self.body = None;
+            return Ok(Recv::Upgraded);
+        }
+        if self.head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok(Recv::Done);
+        }
+        if headers.contains_key(TRANSFER_ENCODING) {
+            // Both headers: the length is wrong by definition and the connection is suspect.
+            if headers.remove(CONTENT_LENGTH).is_some() {
+                self.keep_alive = false;
+            }
+            let chunked_last = headers
+                .get_all(TRANSFER_ENCODING)
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+            if chunked_last {
+                return Ok(Recv::Chunked(Chunk::Size));
+            }
+            self.keep_alive = false;
+            return Ok(Recv::UntilClose);
+        }
+        let mut length = None;
+        for value in headers.get_all(CONTENT_LENGTH) {
+            for part in value.to_str().unwrap_or("x").split(',') {
+                let n = part
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| Error::Protocol("the Content-Length is not a number"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Error::Protocol("the response has two different Content-Lengths"));
+                }
+                length = Some(n);
+            }
+        }
+        Ok(match length {
+            Some(0) => Recv::Done,
+            Some(n) => Recv::Length(n),
+            None => {
+                self.keep_alive = false;
+                Recv::UntilClose
+            }
+        })
+    }
+
+    /// Moves the request along as far as it goes without waiting. A failed write stops the
+    /// sending but not the exchange: the upstream may have answered and closed (a 413 before
+    /// the whole upload), so the response is still read; the client's body failing ends it.
+    fn drive_send(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        if self.write_failed.is_some() {
+            return Ok(());
+        }
+        match self.poll_send(cx) {
+            Poll::Ready(Err(Error::Io(e))) => {
+                self.body = None;
+                self.keep_alive = false;
+                self.write_failed = Some(e);
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
+        }
+    }
+
+    /// Writes what is queued and queues the next piece of the request body, until the body
+    /// has all gone out (`Ready(Ok)`) or there is nothing to do until woken.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        loop {
+            // Write what is queued: the head or a chunk-size line, a body chunk, its CRLF.
+            loop {
+                let pending_out = &self.conn.out[self.conn.out_pos..];
+                if pending_out.is_empty() && self.out_data.is_empty() && self.out_tail.is_empty() {
+                    break;
+                }
+                let slices = [
+                    io::IoSlice::new(pending_out),
+                    io::IoSlice::new(&self.out_data),
+                    io::IoSlice::new(self.out_tail),
+                ];
+                let mut n = match ready!(Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices)) {
+                    Ok(0) => return Poll::Ready(Err(Error::Io(io::ErrorKind::WriteZero.into()))),
+                    Ok(n) => n,
+                    Err(e) => return Poll::Ready(Err(Error::Io(e))),
+                };
+                let from_out = n.min(pending_out.len());
+                self.conn.out_pos += from_out;
+                n -= from_out;
+                let from_data = n.min(self.out_data.len());
+                self.out_data.advance(from_data);
+                n -= from_data;
+                self.out_tail = &self.out_tail[n.min(self.out_tail.len())..];
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            self.conn.out.clear();
+            self.conn.out_pos = 0;
+            match ready!(Pin::new(body).poll_frame(cx)) {
+                Some(Err(e)) => {
+                    self.body = None;
+                    self.keep_alive = false;
+                    return Poll::Ready(Err(Error::Body(e)));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => match &mut self.framing {
+                        Framing::Length(left) => {
+                            let len = data.len() as u64;
+                            if len > *left {
+                                self.body = None;
+                                self.keep_alive = false;
+                                return Poll::Ready(Err(Error::Body(
+                                    "the request body is longer than its Content-Length".into(),
+                                )));
+                            }
+                            *left -= len;
+                            self.out_data = data;
+                        }
+                        Framing::Chunked => {
+                            let mut hex = [0u8; 16];
+                            let size = hex_digits(data.len(), &mut hex);
+                            self.conn.out.extend_from_slice(size);
+                            self.conn.out.extend_from_slice(b"\r\n");
+                            self.out_data = data;
+                            self.out_tail = b"\r\n";
+                        }
+                    },
+                    Err(frame) => {
+                        if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), self.framing) {
+                            self.body = None;
+                            let out = &mut self.conn.out;
+                            out.extend_from_slice(b"0\r\n");
+                            for (name, value) in &trailers {
+                                out.extend_from_slice(name.as_str().as_bytes());
+                                out.extend_from_slice(b": ");
+                                out.extend_from_slice(value.as_bytes());
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    }
+                },
+                None => {
+                    self.body = None;
+                    match self.framing {
+                        Framing::Chunked => self.conn.out.extend_from_slice(b"0\r\n\r\n"),
+                        Framing::Length(0) => {}
+                        Framing::Length(_) => {
+                            self.keep_alive = false;
+                            return Poll::Ready(Err(Error::Body(
+                                "the request body ended before its Content-Length".into(),
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the request has all been written.
+    fn sent(&self) -> bool {
+        self.body.is_none()
+            && self.write_failed.is_none()
+            && self.conn.out_pos == self.conn.out.len()
+            && self.out_data.is_empty()
+            && self.out_tail.is_empty()
+    }
+
+    /// The next piece of the response body, from the buffer or the socket.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        // The request body keeps flowing while the response streams.
+        if !self.sent()
+            && let Err(e) = self.drive_send(cx)
+        {
+            self.recv = Recv::Done;
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            let step = match self.decode() {
+                Ok(step) => step,
+                Err(e) => {
+                    self.recv = Recv::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
+            match step {
+                Step::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
+                Step::End => return Poll::Ready(None),
+                Step::More => {}
+            }
+            let limit = if matches!(self.recv, Recv::Chunked(Chunk::Trailers)) {
+                MAX_HEAD
+            } else {
+                READ_BUF_MAX
+            };
+            match ready!(self.conn.poll_fill(cx, limit)) {
+                Ok(0) if matches!(self.recv, Recv::UntilClose) => {
+                    self.recv = Recv::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.recv = Recv::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(Error::Closed("before the end of the response body"))));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.recv = Recv::Done;
+                    self.keep_alive = false;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    /// One step of the body's decoder over the buffered bytes.
+    fn decode(&mut self) -> Result<Step, Error> {
+        let available = self.conn.buffered().len();
+        match &mut self.recv {
+            Recv::Head | Recv::Done | Recv::Upgraded => Ok(Step::End),
+            Recv::Length(left) => {
+                if available == 0 {
+                    return Ok(Step::More);
+                }
+                let n = (*left).min(available as u64) as usize;
+                *left -= n as u64;
+                if *left == 0 {
+                    self.recv = Recv::Done;
+                }
+                Ok(Step::Frame(Frame::data(self.conn.take(n))))
+            }
+            Recv::UntilClose => {
+                if available == 0 {
+                    return Ok(Step::More);
+                }
+                Ok(Step::Frame(Frame::data(self.conn.take(available))))
+            }
+            Recv::Chunked(state) => match *state {
+                Chunk::Size => {
+                    let buffered = self.conn.buffered();
+                    if buffered.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
+                        return Err(Error::Protocol("a chunk does not start with its size"));
+                    }
+                    match httparse::parse_chunk_size(buffered) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                            self.conn.consume(used);
+                            self.decode()
+                        }
+                        Ok(httparse::Status::Partial) if available > 4096 => {
+                            Err(Error::Protocol("a chunk-size line is longer than 4 KiB"))
+                        }
+                        Ok(httparse::Status::Partial) => Ok(Step::More),
+                        Err(_) => Err(Error::Protocol("a chunk-size line does not parse")),
+                    }
+                }
+                Chunk::Data(left) => {
+                    if available == 0 {
+                        return Ok(Step::More);
+                    }
+                    let n = left.min(available as u64) as usize;
+                    *state = if left == n as u64 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n as u64)
+                    };
+                    Ok(Step::Frame(Frame::data(self.conn.take(n))))
+                }
+                Chunk::DataEnd => match self.conn.buffered() {
+                    [b'\r', b'\n', ..] => {
+                        self.conn.consume(2);
+                        *state = Chunk::Size;
+                        self.decode()
+                    }
+                    [] | [b'\r'] => Ok(Step::More),
+                    _ => Err(Error::Protocol("a chunk is longer than its size")),
+                },
+                Chunk::Trailers => {
+                    let buffered = self.conn.buffered();
+                    if buffered.starts_with(b"\r\n") {
+                        self.conn.consume(2);
+                        self.recv = Recv::Done;
+                        return Ok(Step::End);
+                    }
+                    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(buffered, &mut slots) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::with_capacity(fields.len());
+                            for f in fields {
+                                let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(f.name.as_bytes()),
+                                    HeaderValue::from_bytes(f.value),
+                                ) else {
+                                    return Err(Error::Protocol("a trailer field is not valid"));
+                                };
+                                trailers.append(name, value);
+                            }
+                            self.conn.consume(used);
+                            self.recv = Recv::Done;
+                            Ok(Step::Frame(Frame::trailers(trailers)))
+                        }
+                        Ok(httparse::Status::Partial) => Ok(Step::More),
+                        Err(_) => Err(Error::Protocol("the trailer section does not parse")),
+                    }
+                }
+            },
+        }
+    }
+
+    /// Whether the response body has ended (or never had one).
+    fn finished(&self) -> bool {
+        matches!(self.recv, Recv::Done)
+    }
+
+    /// The connection, when both messages ended cleanly and it may carry another request.
+    pub(crate) fn into_reusable(self) -> Option<Box<Conn>> {
+        let reusable = self.keep_alive && self.finished() && self.sent() && self.conn.start == self.conn.end;
+        reusable.then(|| {
+            let mut conn = self.conn;
+            conn.shrink();
+            conn
+        })
+    }
+
+    /// After `101 Switching Protocols`: the socket, with whatever the upstream sent past the
+    /// response head.
+    pub(crate) fn into_upgraded(self) -> Option<Upgraded> {
+        if !matches!(self.recv, Recv::Upgraded) {
+            return None;
+        }
+        let leftover = Bytes::copy_from_slice(self.conn.buffered());
+        Some(Upgraded {
+            io: self.conn.io,
+            leftover,
+        })
+    }
+
+    /// Whether this response switched protocols.
+    pub(crate) fn is_upgrade(&self) -> bool {
+        matches!(self.recv, Recv::Upgraded)
+    }
+}
+
+impl<B> Body for Exchange<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.get_mut().poll_body(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.recv, Recv::Done | Recv::Upgraded)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.recv {
+            Recv::Length(n) => SizeHint::with_exact(n),
+            Recv::Done | Recv::Upgraded => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// `n` in lower-case hex, without leading zeros.
+fn hex_digits(n: usize, buf: &mut [u8; 16]) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// An upstream connection after `101 Switching Protocols`: reads return what the upstream
+/// sent right behind the response head first, then the socket's bytes.
+pub(crate) struct Upgraded {
+    io: Socket,
+    leftover: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.leftover.is_empty() {
+            let n = self.leftover.len().min(buf.remaining());
+            buf.put_slice(&self.leftover[..n]);
+            self.leftover.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// A request body fed frame by frame from the test.
+    struct Chan(mpsc::UnboundedReceiver<Frame<Bytes>>);
+
+    impl Body for Chan {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|f| f.map(Ok))
+        }
+    }
+
+    fn chan() -> (mpsc::UnboundedSender<Frame<Bytes>>, Chan) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Chan(rx))
+    }
+
+    /// A request with a body that has already ended (and says so).
+    fn empty() -> http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError> {
+        http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    const LIMIT: Duration = Duration::from_secs(20);
+
+    /// Our side of a loopback connection, and the test upstream's.
+    async fn pair() -> (Box<Conn>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (Conn::new(ours.unwrap()), theirs.unwrap().0)
+    }
+
+    /// Reads exactly `n` bytes as the upstream.
+    async fn read_n(sock: &mut TcpStream, n: usize) -> String {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(LIMIT, sock.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// Reads a request head as the upstream (up to and with the blank line).
+    async fn read_head(sock: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(LIMIT, sock.read(&mut byte))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                n,
+                1,
+                "connection closed inside the head: {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    fn request<B>(method: &str, path: &str, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method.parse().unwrap();
+        *req.uri_mut() = path.parse().unwrap();
+        req.headers_mut().insert("host", HeaderValue::from_static("app.local"));
+        req
+    }
+
+    /// Sends `req`, answers with `reply` as the upstream, returns the response and what the
+    /// upstream read (the head only).
+    async fn exchange_with<B>(req: Request<B>, reply: &'static [u8]) -> (Result<Response<Exchange<B>>, Error>, String)
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    {
+        let (conn, mut up) = pair().await;
+        let upstream = async move {
+            let head = read_head(&mut up).await;
+            up.write_all(reply).await.unwrap();
+            // Keep the socket open until the client is done (a close would end bodies early).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (head, up)
+        };
+        let (resp, (head, _up)) = tokio::join!(
+            tokio::time::timeout(LIMIT, Exchange::new(conn, req).response()),
+            upstream
+        );
+        (resp.unwrap(), head)
+    }
+
+    async fn body_of<B>(resp: Response<Exchange<B>>) -> (Result<(Bytes, Option<HeaderMap>), Error>, Exchange<B>)
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    {
+        let mut exchange = resp.into_body();
+        let mut data = Vec::new();
+        let mut trailers = None;
+        loop {
+            match tokio::time::timeout(LIMIT, exchange.frame()).await.unwrap() {
+                None => break,
+                Some(Err(e)) => return (Err(e), exchange),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(f) => trailers = f.into_trailers().ok(),
+                },
+            }
+        }
+        (Ok((Bytes::from(data), trailers)), exchange)
+    }
+
+    #[tokio::test]
+    async fn the_request_head_goes_out_as_given_and_a_sized_response_is_read_and_reusable() {
+        let mut req = request("GET", "/a/b?c=1", empty());
+        req.headers_mut().insert("x-one", HeaderValue::from_static("1"));
+        req.headers_mut().append("x-one", HeaderValue::from_static("2"));
+        let (resp, head) = exchange_with(req, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: yes\r\n\r\nhello").await;
+        assert_eq!(
+            head,
+            "GET /a/b?c=1 HTTP/1.1\r\nhost: app.local\r\nx-one: 1\r\nx-one: 2\r\n\r\n"
+        );
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), Version::HTTP_11);
+        assert_eq!(resp.headers()["x-up"], "yes");
+        assert_eq!(resp.body().size_hint().exact(), Some(5));
+        let (body, exchange) = body_of(resp).await;
+        assert_eq!(body.unwrap().0, "hello");
+        let conn = exchange
+            .into_reusable()
+            .expect("a clean keep-alive exchange is reusable");
+        assert!(conn.is_open());
+    }
+
+    #[tokio::test]
+    async fn an_empty_post_says_content_length_zero_and_a_get_says_nothing() {
+        let (_, head) = exchange_with(request("POST", "/p", empty()), b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(head, "POST /p HTTP/1.1\r\nhost: app.local\r\ncontent-length: 0\r\n\r\n");
+        let (_, head) = exchange_with(request("GET", "/", empty()), b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(head, "GET / HTTP/1.1\r\nhost: app.local\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_goes_chunked_with_its_trailers() {
+        let (tx, body) = chan();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("8"));
+        for frame in [
+            Frame::data(Bytes::from_static(b"abc")),
+            Frame::data(Bytes::new()),
+            Frame::data(Bytes::from(vec![b'z'; 26])),
+            Frame::trailers(trailers),
+        ] {
+            tx.send(frame).unwrap();
+        }
+        let mut req = request("POST", "/up", body);
+        // A hop-by-hop framing header that slipped through is not repeated.
+        req.headers_mut()
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        let (conn, mut up) = pair().await;
+        let exchange = Exchange::new(conn, req);
+        let upstream = async move {
+            let head = read_head(&mut up).await;
+            let wire = format!("3\r\nabc\r\n1a\r\n{}\r\n0\r\nx-sum: 8\r\n\r\n", "z".repeat(26));
+            let body = read_n(&mut up, wire.len()).await;
+            up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            (head, body, wire, up)
+        };
+        let (resp, (head, body, wire, _up)) = tokio::join!(exchange.response(), upstream);
+        assert_eq!(
+            head,
+            "POST /up HTTP/1.1\r\nhost: app.local\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        assert_eq!(body, wire);
+        let resp = resp.unwrap();
+        assert!(resp.body().is_end_stream());
+        assert!(resp.into_body().into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_body_goes_raw_and_a_short_one_is_refused() {
+        let (tx, body) = chan();
+        tx.send(Frame::data(Bytes::from_static(b"abc"))).unwrap();
+        tx.send(Frame::data(Bytes::from_static(b"def"))).unwrap();
+        drop(tx);
+        let mut req = request("PUT", "/x", body);
+        req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("6"));
+        let (conn, mut up) = pair().await;
+        let upstream = async move {
+            let head = read_head(&mut up).await;
+            let body = read_n(&mut up, 6).await;
+            up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            (head, body, up)
+        };
+        let (resp, (head, body, _up)) = tokio::join!(Exchange::new(conn, req).response(), upstream);
+        assert_eq!(head, "PUT /x HTTP/1.1\r\nhost: app.local\r\ncontent-length: 6\r\n\r\n");
+        assert_eq!(body, "abcdef");
+        assert!(resp.unwrap().into_body().into_reusable().is_some());
+
+        // The body ends three bytes short of what it declared: the client's body failed.
+        let (tx, body) = chan();
+        tx.send(Frame::data(Bytes::from_static(b"abc"))).unwrap();
+        drop(tx);
+        let mut req = request("PUT", "/x", body);
+        req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("6"));
+        let (conn, _up) = pair().await;
+        let err = tokio::time::timeout(LIMIT, Exchange::new(conn, req).response())
+            .await
+            .unwrap()
+            .err();
+        assert!(matches!(err, Some(Error::Body(_))), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_arriving_byte_by_byte_keeps_its_data_and_trailers() {
+        let (conn, mut up) = pair().await;
+        let wire: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;name=value\r\nwiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n";
+        let upstream = async move {
+            read_head(&mut up).await;
+            for b in wire {
+                up.write_all(&[*b]).await.unwrap();
+                up.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            up
+        };
+        let (resp, _up) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        let (body, exchange) = body_of(resp.unwrap()).await;
+        let (data, trailers) = body.unwrap();
+        assert_eq!(data, "wikipedia in\r\n\r\nchunks.");
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "fine");
+        assert!(exchange.into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_response_without_length_runs_to_the_close_and_ends_the_connection() {
+        let (conn, mut up) = pair().await;
+        let upstream = async move {
+            read_head(&mut up).await;
+            up.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of ").await.unwrap();
+            up.write_all(b"it").await.unwrap();
+        };
+        let (resp, ()) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        let (body, exchange) = body_of(resp.unwrap()).await;
+        assert_eq!(body.unwrap().0, "all of it");
+        assert!(exchange.into_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body_whatever_their_headers_say() {
+        for (method, reply) in [
+            ("HEAD", &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"[..]),
+            ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+            ("GET", b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
+        ] {
+            let (resp, _) = exchange_with(request(method, "/", empty()), reply).await;
+            let resp = resp.unwrap();
+            assert!(resp.body().is_end_stream(), "{method} {}", resp.status());
+            assert!(resp.into_body().into_reusable().is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped() {
+        let (resp, _) = exchange_with(
+            request("GET", "/", empty()),
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 201);
+        assert!(!resp.headers().contains_key("link"));
+        assert_eq!(body_of(resp).await.0.unwrap().0, "ok");
+    }
+
+    #[tokio::test]
+    async fn switching_protocols_hands_over_the_socket_with_the_bytes_behind_the_head() {
+        let (conn, mut up) = pair().await;
+        let mut req = request("GET", "/ws", empty());
+        req.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        let upstream = async move {
+            let head = read_head(&mut up).await;
+            up.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nearly")
+                .await
+                .unwrap();
+            (head, up)
+        };
+        let (resp, (head, mut up)) = tokio::join!(Exchange::new(conn, req).response(), upstream);
+        assert!(head.contains("connection: upgrade\r\n") && head.contains("upgrade: websocket\r\n"));
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 101);
+        assert!(resp.body().is_end_stream());
+        let mut tunnel = resp.into_body().into_upgraded().expect("a 101 hands the socket over");
+        let mut got = [0u8; 5];
+        tunnel.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"early");
+        up.write_all(b" late").await.unwrap();
+        tunnel.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b" late");
+        tunnel.write_all(b"back").await.unwrap();
+        assert_eq!(read_n(&mut up, 4).await, "back");
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_protocol_errors() {
+        let many_headers: &'static [u8] = {
+            let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..101 {
+                head.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+            }
+            head.extend_from_slice(b"\r\n");
+            Box::leak(head.into_boxed_slice())
+        };
+        let huge_head: &'static [u8] = {
+            let mut head = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+            head.extend(std::iter::repeat_n(b'a', MAX_HEAD + 10));
+            head.extend_from_slice(b"\r\n\r\n");
+            Box::leak(head.into_boxed_slice())
+        };
+        for reply in [
+            &b"HELLO THERE\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n",
+            many_headers,
+            huge_head,
+        ] {
+            let (resp, _) = exchange_with(request("GET", "/", empty()), reply).await;
+            let err = resp.err();
+            assert!(
+                matches!(err, Some(Error::Protocol(_))),
+                "{:?}: {err:?}",
+                String::from_utf8_lossy(&reply[..reply.len().min(40)])
+            );
+        }
+        // Bad framing inside a chunked body fails the body, and the connection is not reused.
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nbad trailer\r\n\r\n",
+        ] {
+            let (resp, _) = exchange_with(request("GET", "/", empty()), reply).await;
+            let (body, exchange) = body_of(resp.unwrap()).await;
+            assert!(matches!(body, Err(Error::Protocol(_))), "{body:?}");
+            assert!(exchange.into_reusable().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_closes_early_is_a_closed_connection_error() {
+        // Before any response.
+        let (conn, mut up) = pair().await;
+        let upstream = async move {
+            read_head(&mut up).await;
+            drop(up);
+        };
+        let (resp, ()) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        assert!(matches!(resp.err(), Some(Error::Closed("before sending a response"))));
+
+        // Three bytes of ten, then the close.
+        let (conn, mut up) = pair().await;
+        let upstream = async move {
+            read_head(&mut up).await;
+            up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                .await
+                .unwrap();
+            drop(up);
+        };
+        let (resp, ()) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        let (body, exchange) = body_of(resp.unwrap()).await;
+        assert!(matches!(body, Err(Error::Closed(_))), "{body:?}");
+        assert!(exchange.into_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn connection_close_http_1_0_and_trailing_bytes_end_the_connection() {
+        for (reply, reusable) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"[..],
+                false,
+            ),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+            (
+                b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
+                true,
+            ),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA", false),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+                false,
+            ),
+        ] {
+            let (resp, _) = exchange_with(request("GET", "/", empty()), reply).await;
+            let (body, exchange) = body_of(resp.unwrap()).await;
+            body.unwrap();
+            assert_eq!(
+                exchange.into_reusable().is_some(),
+                reusable,
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_body_keeps_flowing_while_the_response_streams() {
+        // An echo: the upstream answers at once and sends back each piece as it arrives, so
+        // the exchange must write and read at the same time.
+        let (tx, body) = chan();
+        let mut req = request("POST", "/echo", body);
+        req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("15"));
+        let (conn, mut up) = pair().await;
+        let upstream = tokio::spawn(async move {
+            read_head(&mut up).await;
+            up.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                let piece = read_n(&mut up, 5).await;
+                up.write_all(format!("5\r\n{piece}\r\n").as_bytes()).await.unwrap();
+            }
+            up.write_all(b"0\r\n\r\n").await.unwrap();
+            up
+        });
+        let resp = tokio::time::timeout(LIMIT, Exchange::new(conn, req).response())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut exchange = resp.into_body();
+        for piece in ["ping1", "ping2", "ping3"] {
+            tx.send(Frame::data(Bytes::from(piece))).unwrap();
+            let frame = tokio::time::timeout(LIMIT, exchange.frame())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.into_data().unwrap(), piece);
+        }
+        drop(tx);
+        assert!(tokio::time::timeout(LIMIT, exchange.frame()).await.unwrap().is_none());
+        assert!(exchange.into_reusable().is_some());
+        drop(upstream.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_response_that_ends_before_the_upload_does_closes_the_connection() {
+        let (_tx, body) = chan();
+        let mut req = request("POST", "/big", body);
+        req.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("1000000"));
+        let (resp, _) = exchange_with(req, b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!").await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 413);
+        let (body, exchange) = body_of(resp).await;
+        assert_eq!(body.unwrap().0, "big!");
+        assert!(exchange.into_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_read_whole_and_the_grown_buffer_is_given_back() {
+        let (conn, mut up) = pair().await;
+        let size = 3 * READ_BUF_MAX + 123;
+        let upstream = tokio::spawn(async move {
+            read_head(&mut up).await;
+            up.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            up.write_all(&body).await.unwrap();
+            up
+        });
+        let resp = Exchange::new(conn, request("GET", "/", empty()))
+            .response()
+            .await
+            .unwrap();
+        let (body, exchange) = body_of(resp).await;
+        let data = body.unwrap().0;
+        assert_eq!(data.len(), size);
+        assert!(data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        let conn = exchange.into_reusable().unwrap();
+        assert_eq!(conn.buf.len(), READ_BUF);
+        drop(upstream.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_or_wrote_to_is_not_open() {
+        for unasked in [None, Some(&b"HTTP/1.1 408 Request Timeout\r\n\r\n"[..])] {
+            let (resp, up) = {
+                let (conn, mut up) = pair().await;
+                let upstream = async move {
+                    read_head(&mut up).await;
+                    up.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    up
+                };
+                let (resp, up) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+                (resp.unwrap(), up)
+            };
+            let conn = resp.into_body().into_reusable().unwrap();
+            assert!(conn.is_open(), "a quiet idle connection is open");
+            let mut up = up;
+            match unasked {
+                Some(bytes) => up.write_all(bytes).await.unwrap(),
+                None => drop(up),
+            }
+            // The event loop learns of it when it next polls the socket: wait for that.
+            tokio::time::timeout(LIMIT, async {
+                while conn.is_open() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("the close (or the unasked bytes) is noticed");
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_lower_case_hex_without_leading_zeros() {
+        let mut buf = [0u8; 16];
+        assert_eq!(hex_digits(0, &mut buf), b"0");
+        assert_eq!(hex_digits(26, &mut buf), b"1a");
+        assert_eq!(hex_digits(0x10000, &mut buf), b"10000");
+        assert_eq!(hex_digits(usize::MAX, &mut buf), b"ffffffffffffffff");
+    }
+}
