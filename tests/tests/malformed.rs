@@ -132,3 +132,60 @@ async fn idle_client_connections_are_closed_after_the_idle_timeout() {
         started.elapsed()
     );
 }
+
+/// Sends one request on an open connection and reads its (short) response.
+async fn exchange_on(s: &mut tokio::net::TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_waits_for_the_idle_timeout_not_the_header_read_timeout() {
+    // The header read timeout times a head from its first bytes; between requests the
+    // listener's idle timeout applies (clients keep connections warm far longer than 10 s).
+    let up = Upstream::start(Mode::Ok).await;
+    let yaml = with_inbound_limits(
+        &config(&[up.addr()], DEFAULT_ROUTE),
+        "header_read_timeout: 200ms, idle_timeout: 30s",
+    );
+    let proxy = Outrigger::start(&yaml);
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound()).await.unwrap();
+    assert!(exchange_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Proving a close does not happen takes waiting: five header read timeouts.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let again = exchange_on(&mut s).await;
+    assert!(
+        again.starts_with("HTTP/1.1 200"),
+        "the idle connection was closed: {again:?}"
+    );
+    assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_head_trickled_on_a_kept_alive_connection_is_cut_off() {
+    let up = Upstream::start(Mode::Ok).await;
+    let yaml = with_inbound_limits(
+        &config(&[up.addr()], DEFAULT_ROUTE),
+        "header_read_timeout: 300ms, idle_timeout: 60s",
+    );
+    let proxy = Outrigger::start(&yaml);
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound()).await.unwrap();
+    assert!(exchange_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest))
+        .await
+        .expect("the unfinished head was cut off")
+        .unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    // Well before the 60 s idle timeout, and not before the header read timeout.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    assert_eq!(up.requests(), 1);
+}

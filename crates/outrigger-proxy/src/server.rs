@@ -43,11 +43,11 @@ impl HttpServer {
         // listener limit is checked again on the parsed head (431 problem+json).
         let max_buf = (limits.max_header_bytes + 1024).max(8192);
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(max_buf)
-            .keep_alive(true);
+        // No hyper `header_read_timeout`: hyper starts it when it begins waiting for the next
+        // head, so it also closed keep-alive connections idle for that long (10 s, not the
+        // listener's `idle_timeout`), and it boxed a new timer for every request. The
+        // connection's watch times heads from their first bytes instead.
+        http1.timer(TokioTimer::new()).max_buf_size(max_buf).keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -131,23 +131,32 @@ async fn serve_connection(
         // Closed, failed or silent before sending a byte: nothing to answer.
         Ok(Ok(Sniffed::Closed) | Err(_)) | Err(_) => return,
     };
-    let activity = Arc::new(AtomicU64::new(0));
+    let traffic = Arc::new(Traffic {
+        moved: AtomicU64::new(0),
+        head_since: AtomicU64::new(0),
+        epoch: tokio::time::Instant::now(),
+        active: ctx.active.clone(),
+        time_heads: plain_http1,
+    });
     let io = TokioIo::new(ActivityIo {
         inner: Socket::new(stream),
-        activity: activity.clone(),
+        traffic: traffic.clone(),
     });
-    let active = ctx.active.clone();
     let watch = Watch {
-        activity,
-        active,
+        traffic: traffic.clone(),
         idle_timeout,
+        header_read_timeout: plain_http1.then_some(builder.header_read_timeout),
         stop,
     };
     // Boxed, so each connection holds memory for its own protocol's state only (an idle
     // HTTP/1.1 connection would otherwise carry room for an HTTP/2 one).
     if plain_http1 {
         // hyper keeps one boxed slot per connection for the request in progress.
-        let service = service_fn(move |req| respond(shared.clone(), ctx.clone(), req));
+        let service = service_fn(move |req| {
+            // A whole head has arrived: its clock stops.
+            traffic.head_since.store(0, Ordering::Relaxed);
+            respond(shared.clone(), ctx.clone(), req)
+        });
         let conn = builder.http1.serve_connection(io, service).with_upgrades();
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
     } else {
@@ -206,12 +215,52 @@ async fn sniff(stream: &TcpStream) -> io::Result<Sniffed> {
     }
 }
 
-/// What a served connection is watched for: client idleness and the drain signal.
+/// What a served connection is watched for: client idleness, a request head that takes too
+/// long to arrive (HTTP/1.1) and the drain signal.
 struct Watch {
-    activity: Arc<AtomicU64>,
-    active: Arc<AtomicUsize>,
+    traffic: Arc<Traffic>,
     idle_timeout: Duration,
+    header_read_timeout: Option<Duration>,
     stop: watch::Receiver<bool>,
+}
+
+/// A connection's traffic as its watch sees it: kept up to date by the socket wrapper and
+/// the service with relaxed atomics, and a clock read only when a request head begins.
+struct Traffic {
+    /// Reads and writes that moved bytes.
+    moved: AtomicU64,
+    /// When bytes arrived while no request was in flight (a head began), in milliseconds
+    /// since `epoch` plus one; zero while no head is being read.
+    head_since: AtomicU64,
+    epoch: tokio::time::Instant,
+    /// Requests in flight on the connection (kept by the request record).
+    active: Arc<AtomicUsize>,
+    /// Whether heads are timed (HTTP/1.1; an HTTP/2 connection reads frames between
+    /// requests, and its streams' heads arrive whole).
+    time_heads: bool,
+}
+
+impl Traffic {
+    fn millis(&self, now: tokio::time::Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Bytes were read: when no request is in flight they are a new head's first bytes.
+    fn on_read(&self) {
+        self.moved.fetch_add(1, Ordering::Relaxed);
+        if self.time_heads && self.head_since.load(Ordering::Relaxed) == 0 && self.active.load(Ordering::Relaxed) == 0 {
+            let at = self.millis(tokio::time::Instant::now()).saturating_add(1);
+            self.head_since.store(at, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a head began more than `limit` before `now` and is still not complete.
+    fn head_overdue(&self, now: tokio::time::Instant, limit: Duration) -> bool {
+        let since = self.head_since.load(Ordering::Relaxed);
+        since != 0
+            && self.active.load(Ordering::Relaxed) == 0
+            && u128::from(self.millis(now).saturating_add(1).saturating_sub(since)) >= limit.as_millis()
+    }
 }
 
 impl Watch {
@@ -223,14 +272,15 @@ impl Watch {
         E: std::fmt::Display,
     {
         let Watch {
-            activity,
-            active,
+            traffic,
             idle_timeout,
+            header_read_timeout,
             mut stop,
         } = self;
         tokio::pin!(conn);
-        // Checked a few times per idle period, so a connection closes within 1.25× the timeout.
-        let mut ticker = tokio::time::interval(idle_timeout / 4);
+        // Checked four times per period, so a connection closes within 1.25× its timeout.
+        let period = header_read_timeout.map_or(idle_timeout, |h| h.min(idle_timeout)) / 4;
+        let mut ticker = tokio::time::interval(period.max(Duration::from_millis(1)));
         ticker.tick().await;
         let mut last_seen = u64::MAX;
         let mut idle_since = tokio::time::Instant::now();
@@ -249,12 +299,18 @@ impl Watch {
                     }
                     return;
                 }
-                _ = ticker.tick(), if !closing => {
-                    let seen = activity.load(Ordering::Relaxed);
-                    if seen != last_seen || active.load(Ordering::Relaxed) > 0 {
+                now = ticker.tick(), if !closing => {
+                    if header_read_timeout.is_some_and(|limit| traffic.head_overdue(now, limit)) {
+                        // A head begun and never finished (a trickling client): nothing to
+                        // answer, and waiting for a graceful end would wait for the client.
+                        tracing::debug!("request head not complete within header_read_timeout; connection closed");
+                        return;
+                    }
+                    let seen = traffic.moved.load(Ordering::Relaxed);
+                    if seen != last_seen || traffic.active.load(Ordering::Relaxed) > 0 {
                         last_seen = seen;
-                        idle_since = tokio::time::Instant::now();
-                    } else if idle_since.elapsed() >= idle_timeout {
+                        idle_since = now;
+                    } else if now.saturating_duration_since(idle_since) >= idle_timeout {
                         closing = true;
                         graceful_shutdown(conn.as_mut());
                     }
@@ -284,11 +340,11 @@ pub(crate) async fn tunnel(client: OnUpgrade, mut upstream: crate::h1::Upgraded,
     }
 }
 
-/// A socket that counts the reads and writes that moved bytes, so the idle check can see
-/// traffic without a clock read per I/O.
+/// A socket that counts the reads and writes that moved bytes and notes when a request head
+/// begins, so the watch sees traffic without a clock read per I/O.
 struct ActivityIo {
     inner: Socket,
-    activity: Arc<AtomicU64>,
+    traffic: Arc<Traffic>,
 }
 
 impl AsyncRead for ActivityIo {
@@ -296,7 +352,7 @@ impl AsyncRead for ActivityIo {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.fetch_add(1, Ordering::Relaxed);
+            self.traffic.on_read();
         }
         res
     }
@@ -306,7 +362,7 @@ impl AsyncWrite for ActivityIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.fetch_add(1, Ordering::Relaxed);
+            self.traffic.moved.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
@@ -318,7 +374,7 @@ impl AsyncWrite for ActivityIo {
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.fetch_add(1, Ordering::Relaxed);
+            self.traffic.moved.fetch_add(1, Ordering::Relaxed);
         }
         res
     }
