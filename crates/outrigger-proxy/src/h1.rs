@@ -1363,6 +1363,124 @@ mod tests {
         }
     }
 
+    /// A response carrying `body`: framed by length (0), chunked at `cuts` (1, with a trailer
+    /// when asked) or by the close (2).
+    fn response_wire(body: &[u8], framing: u8, cuts: &[usize], trailer: bool) -> Vec<u8> {
+        let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+        match framing {
+            0 => {
+                wire.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+                wire.extend_from_slice(body);
+            }
+            1 => {
+                wire.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+                bounds.extend([0, body.len()]);
+                bounds.sort_unstable();
+                bounds.dedup();
+                for piece in bounds.windows(2) {
+                    let chunk = &body[piece[0]..piece[1]];
+                    wire.extend_from_slice(format!("{:X};x=y\r\n", chunk.len()).as_bytes());
+                    wire.extend_from_slice(chunk);
+                    wire.extend_from_slice(b"\r\n");
+                }
+                wire.extend_from_slice(b"0\r\n");
+                if trailer {
+                    wire.extend_from_slice(b"x-digest: abc\r\n");
+                }
+                wire.extend_from_slice(b"\r\n");
+            }
+            _ => {
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(body);
+            }
+        }
+        wire
+    }
+
+    /// Plays `wire` as the upstream in pieces of the given sizes (cycled), then closes when
+    /// `close`, and returns the exchange's response.
+    fn play(wire: Vec<u8>, pieces: Vec<usize>, close: bool) -> Result<(Bytes, Option<HeaderMap>, bool), Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (conn, mut up) = pair().await;
+            let upstream = tokio::spawn(async move {
+                read_head(&mut up).await;
+                let mut at = 0;
+                for size in pieces.iter().cycle() {
+                    if at >= wire.len() {
+                        break;
+                    }
+                    let n = (*size).max(1).min(wire.len() - at);
+                    if up.write_all(&wire[at..at + n]).await.is_err() {
+                        break;
+                    }
+                    at += n;
+                    tokio::task::yield_now().await;
+                }
+                if close {
+                    drop(up);
+                    None
+                } else {
+                    Some(up)
+                }
+            });
+            let resp = tokio::time::timeout(LIMIT, Exchange::new(conn, request("GET", "/", empty())).response())
+                .await
+                .unwrap()?;
+            let (body, exchange) = body_of(resp).await;
+            let kept = upstream.await.unwrap();
+            let (data, trailers) = body?;
+            let reusable = exchange.into_reusable().is_some();
+            drop(kept);
+            Ok((data, trailers, reusable))
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the framing and however the bytes are split on the wire, the body (and
+        /// trailer) read is the body sent, and only a close-delimited one ends the connection.
+        #[test]
+        fn any_framing_split_anywhere_reads_back_the_same_body(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+            framing in 0u8..3,
+            cuts in proptest::collection::vec(0usize..3000, 0..6),
+            pieces in proptest::collection::vec(1usize..700, 1..6),
+            trailer in proptest::bool::ANY,
+        ) {
+            let wire = response_wire(&body, framing, &cuts, trailer);
+            let (data, trailers, reusable) = play(wire, pieces, framing == 2).unwrap();
+            assert_eq!(&data[..], &body[..]);
+            assert_eq!(trailers.is_some(), framing == 1 && trailer);
+            if let Some(t) = trailers {
+                assert_eq!(t["x-digest"], "abc");
+            }
+            assert_eq!(reusable, framing != 2);
+        }
+
+        /// Arbitrary bytes, as a whole response or after a valid head, end in a response or
+        /// an error: never a panic, never a hang.
+        #[test]
+        fn arbitrary_bytes_from_the_upstream_end_in_an_answer_or_an_error(
+            head in 0u8..3,
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            pieces in proptest::collection::vec(1usize..200, 1..4),
+        ) {
+            let mut wire = match head {
+                0 => Vec::new(),
+                1 => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec(),
+            };
+            wire.extend_from_slice(&junk);
+            let _ = play(wire, pieces, true);
+        }
+    }
+
     #[test]
     fn chunk_sizes_are_lower_case_hex_without_leading_zeros() {
         let mut buf = [0u8; 16];
