@@ -423,10 +423,7 @@ where
         let mut length = None;
         for value in headers.get_all(CONTENT_LENGTH) {
             for part in value.to_str().unwrap_or("x").split(',') {
-                let n = part
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| Error::Protocol("the Content-Length is not a number"))?;
+                let n = digits(part.trim()).ok_or(Error::Protocol("the Content-Length is not a number"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(Error::Protocol("the response has two different Content-Lengths"));
                 }
@@ -764,6 +761,15 @@ where
             _ => SizeHint::default(),
         }
     }
+}
+
+/// A decimal made of digits only (RFC 9110's `1*DIGIT`: no sign, no spaces inside), as
+/// `u64`; `None` for anything else or an overflow.
+fn digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// `n` in lower-case hex, without leading zeros.
@@ -1170,6 +1176,8 @@ mod tests {
             b"HTTP/1.1 2000 OK\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
             b"HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
             many_headers,
             huge_head,
         ] {
