@@ -279,48 +279,75 @@ impl Watch {
         } = self;
         tokio::pin!(conn);
         // Checked four times per period, so a connection closes within 1.25× its timeout.
-        let period = header_read_timeout.map_or(idle_timeout, |h| h.min(idle_timeout)) / 4;
-        let mut ticker = tokio::time::interval(period.max(Duration::from_millis(1)));
-        ticker.tick().await;
+        let period =
+            (header_read_timeout.map_or(idle_timeout, |h| h.min(idle_timeout)) / 4).max(Duration::from_millis(1));
+        let tick = tokio::time::sleep(period);
+        tokio::pin!(tick);
         let mut last_seen = u64::MAX;
         let mut idle_since = tokio::time::Instant::now();
         let mut closing = false;
-        // Made once: the loop wakes on every read and write of the connection.
+        // The drain signal's future is polled once to register its waker, and again only once
+        // the signal changed: this loop wakes on every read and write of the connection, and
+        // re-polling a timer or a channel there costs a lock or a waker swap each time.
+        let mut probe = stop.clone();
+        probe.mark_unchanged();
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
         tokio::pin!(stopped);
-        loop {
-            tokio::select! {
-                biased;
-                res = conn.as_mut() => {
+        let mut registered = false;
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(res) = conn.as_mut().poll(cx) {
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "client connection ended with an error");
                     }
-                    return;
+                    return Poll::Ready(());
                 }
-                now = ticker.tick(), if !closing => {
-                    if header_read_timeout.is_some_and(|limit| traffic.head_overdue(now, limit)) {
-                        // A head begun and never finished (a trickling client): nothing to
-                        // answer, and waiting for a graceful end would wait for the client.
-                        tracing::debug!("request head not complete within header_read_timeout; connection closed");
-                        return;
-                    }
-                    let seen = traffic.moved.load(Ordering::Relaxed);
-                    if seen != last_seen || traffic.active.load(Ordering::Relaxed) > 0 {
-                        last_seen = seen;
-                        idle_since = now;
-                    } else if now.saturating_duration_since(idle_since) >= idle_timeout {
+                if closing {
+                    return Poll::Pending;
+                }
+                if !registered || !matches!(probe.has_changed(), Ok(false)) {
+                    registered = true;
+                    probe.mark_unchanged();
+                    if stopped.as_mut().poll(cx).is_ready() {
                         closing = true;
                         graceful_shutdown(conn.as_mut());
+                        continue;
                     }
                 }
-                () = &mut stopped, if !closing => {
+                // The timer's waker is registered by polling it once after each reset; in
+                // between, whether it fired is one atomic load.
+                let fired = if armed {
+                    tick.is_elapsed()
+                } else {
+                    armed = true;
+                    tick.as_mut().poll(cx).is_ready()
+                };
+                if !fired {
+                    return Poll::Pending;
+                }
+                armed = false;
+                let now = tick.deadline();
+                tick.as_mut().reset(now + period);
+                if header_read_timeout.is_some_and(|limit| traffic.head_overdue(now, limit)) {
+                    // A head begun and never finished (a trickling client): nothing to
+                    // answer, and waiting for a graceful end would wait for the client.
+                    tracing::debug!("request head not complete within header_read_timeout; connection closed");
+                    return Poll::Ready(());
+                }
+                let seen = traffic.moved.load(Ordering::Relaxed);
+                if seen != last_seen || traffic.active.load(Ordering::Relaxed) > 0 {
+                    last_seen = seen;
+                    idle_since = now;
+                } else if now.saturating_duration_since(idle_since) >= idle_timeout {
                     closing = true;
                     graceful_shutdown(conn.as_mut());
                 }
             }
-        }
+        })
+        .await;
     }
 }
 
