@@ -43,11 +43,16 @@ impl HttpServer {
         // listener limit is checked again on the parsed head (431 problem+json).
         let max_buf = (limits.max_header_bytes + 1024).max(8192);
         let mut http1 = http1::Builder::new();
-        // No hyper `header_read_timeout`: hyper starts it when it begins waiting for the next
-        // head, so it also closed keep-alive connections idle for that long (10 s, not the
-        // listener's `idle_timeout`), and it boxed a new timer for every request. The
+        // No hyper `header_read_timeout` (its default is 30 s once a timer is set, so it is
+        // switched off explicitly): hyper starts it when it begins waiting for the next head,
+        // so it also closed keep-alive connections idle for that long instead of the
+        // listener's `idle_timeout`, and it boxed a new timer for every request. The
         // connection's watch times heads from their first bytes instead.
-        http1.timer(TokioTimer::new()).max_buf_size(max_buf).keep_alive(true);
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(max_buf)
+            .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
