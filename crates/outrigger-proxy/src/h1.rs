@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -238,10 +238,10 @@ impl<B> Exchange<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    /// Queues `req`'s head on `conn`; nothing is written until the exchange is polled.
-    /// `req` must carry an origin-form URI and a `Host` header.
-    pub(crate) fn new(mut conn: Box<Conn>, req: Request<B>) -> Self {
-        let (parts, body) = req.into_parts();
+    /// Queues the request's head on `conn` (written from `parts`, which the caller keeps for
+    /// a retry); nothing is written until the exchange is polled. `parts` must carry an
+    /// origin-form URI and a `Host` header.
+    pub(crate) fn new(mut conn: Box<Conn>, parts: &http::request::Parts, body: B) -> Self {
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -836,6 +836,7 @@ impl AsyncWrite for Upgraded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
     use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -905,6 +906,15 @@ mod tests {
         String::from_utf8(head).unwrap()
     }
 
+    /// The exchange for a whole request (the proxy passes the head by reference).
+    fn exchange<B>(conn: Box<Conn>, req: Request<B>) -> Exchange<B>
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    {
+        let (parts, body) = req.into_parts();
+        Exchange::new(conn, &parts, body)
+    }
+
     fn request<B>(method: &str, path: &str, body: B) -> Request<B> {
         let mut req = Request::new(body);
         *req.method_mut() = method.parse().unwrap();
@@ -927,10 +937,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             (head, up)
         };
-        let (resp, (head, _up)) = tokio::join!(
-            tokio::time::timeout(LIMIT, Exchange::new(conn, req).response()),
-            upstream
-        );
+        let (resp, (head, _up)) = tokio::join!(tokio::time::timeout(LIMIT, exchange(conn, req).response()), upstream);
         (resp.unwrap(), head)
     }
 
@@ -1003,7 +1010,7 @@ mod tests {
         req.headers_mut()
             .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         let (conn, mut up) = pair().await;
-        let exchange = Exchange::new(conn, req);
+        let exchange = exchange(conn, req);
         let upstream = async move {
             let head = read_head(&mut up).await;
             let wire = format!("3\r\nabc\r\n1a\r\n{}\r\n0\r\nx-sum: 8\r\n\r\n", "z".repeat(26));
@@ -1041,7 +1048,7 @@ mod tests {
                 .unwrap();
             (head, body, up)
         };
-        let (resp, (head, body, _up)) = tokio::join!(Exchange::new(conn, req).response(), upstream);
+        let (resp, (head, body, _up)) = tokio::join!(exchange(conn, req).response(), upstream);
         assert_eq!(head, "PUT /x HTTP/1.1\r\nhost: app.local\r\ncontent-length: 6\r\n\r\n");
         assert_eq!(body, "abcdef");
         assert!(resp.unwrap().into_body().into_reusable().is_some());
@@ -1053,7 +1060,7 @@ mod tests {
         let mut req = request("PUT", "/x", body);
         req.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("6"));
         let (conn, _up) = pair().await;
-        let err = tokio::time::timeout(LIMIT, Exchange::new(conn, req).response())
+        let err = tokio::time::timeout(LIMIT, exchange(conn, req).response())
             .await
             .unwrap()
             .err();
@@ -1073,7 +1080,7 @@ mod tests {
             }
             up
         };
-        let (resp, _up) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        let (resp, _up) = tokio::join!(exchange(conn, request("GET", "/", empty())).response(), upstream);
         let (body, exchange) = body_of(resp.unwrap()).await;
         let (data, trailers) = body.unwrap();
         assert_eq!(data, "wikipedia in\r\n\r\nchunks.");
@@ -1091,7 +1098,7 @@ mod tests {
             up.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of ").await.unwrap();
             up.write_all(b"it").await.unwrap();
         };
-        let (resp, ()) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        let (resp, ()) = tokio::join!(exchange(conn, request("GET", "/", empty())).response(), upstream);
         let (body, exchange) = body_of(resp.unwrap()).await;
         assert_eq!(body.unwrap().0, "all of it");
         assert!(exchange.into_reusable().is_none());
@@ -1139,7 +1146,7 @@ mod tests {
                 .unwrap();
             (head, up)
         };
-        let (resp, (head, mut up)) = tokio::join!(Exchange::new(conn, req).response(), upstream);
+        let (resp, (head, mut up)) = tokio::join!(exchange(conn, req).response(), upstream);
         assert!(head.contains("connection: upgrade\r\n") && head.contains("upgrade: websocket\r\n"));
         let resp = resp.unwrap();
         assert_eq!(resp.status(), 101);
@@ -1210,7 +1217,7 @@ mod tests {
             read_head(&mut up).await;
             drop(up);
         };
-        let (resp, ()) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        let (resp, ()) = tokio::join!(exchange(conn, request("GET", "/", empty())).response(), upstream);
         assert!(matches!(resp.err(), Some(Error::Closed("before sending a response"))));
 
         // Three bytes of ten, then the close.
@@ -1222,7 +1229,7 @@ mod tests {
                 .unwrap();
             drop(up);
         };
-        let (resp, ()) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+        let (resp, ()) = tokio::join!(exchange(conn, request("GET", "/", empty())).response(), upstream);
         let (body, exchange) = body_of(resp.unwrap()).await;
         assert!(matches!(body, Err(Error::Closed(_))), "{body:?}");
         assert!(exchange.into_reusable().is_none());
@@ -1278,7 +1285,7 @@ mod tests {
             up.write_all(b"0\r\n\r\n").await.unwrap();
             up
         });
-        let resp = tokio::time::timeout(LIMIT, Exchange::new(conn, req).response())
+        let resp = tokio::time::timeout(LIMIT, exchange(conn, req).response())
             .await
             .unwrap()
             .unwrap();
@@ -1325,10 +1332,7 @@ mod tests {
             up.write_all(&body).await.unwrap();
             up
         });
-        let resp = Exchange::new(conn, request("GET", "/", empty()))
-            .response()
-            .await
-            .unwrap();
+        let resp = exchange(conn, request("GET", "/", empty())).response().await.unwrap();
         let (body, exchange) = body_of(resp).await;
         let data = body.unwrap().0;
         assert_eq!(data.len(), size);
@@ -1350,7 +1354,7 @@ mod tests {
                         .unwrap();
                     up
                 };
-                let (resp, up) = tokio::join!(Exchange::new(conn, request("GET", "/", empty())).response(), upstream);
+                let (resp, up) = tokio::join!(exchange(conn, request("GET", "/", empty())).response(), upstream);
                 (resp.unwrap(), up)
             };
             let conn = resp.into_body().into_reusable().unwrap();
@@ -1436,7 +1440,7 @@ mod tests {
                     Some(up)
                 }
             });
-            let resp = tokio::time::timeout(LIMIT, Exchange::new(conn, request("GET", "/", empty())).response())
+            let resp = tokio::time::timeout(LIMIT, exchange(conn, request("GET", "/", empty())).response())
                 .await
                 .unwrap()?;
             let (body, exchange) = body_of(resp).await;

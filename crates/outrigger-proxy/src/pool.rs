@@ -144,7 +144,8 @@ impl EndpointPool {
     /// request is on its way fails the attempt as a reset, which the caller may retry.
     pub async fn send_http1(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        head: &http::request::Parts,
+        body: RequestBody,
         fresh_only: bool,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
         let (conn, info) = match if fresh_only { None } else { self.take_idle() } {
@@ -162,7 +163,7 @@ impl EndpointPool {
                 },
             ),
         };
-        match h1::Exchange::new(conn, req).response().await {
+        match h1::Exchange::new(conn, head, body).response().await {
             Ok(resp) => {
                 let pool = (!resp.body().is_upgrade()).then(|| self.clone());
                 Ok((resp.map(|exchange| UpstreamBody::http1(exchange, pool)), info))

@@ -150,23 +150,28 @@ impl UpstreamRt {
             }
     }
 
-    /// Sends one attempt to `pool`. `req` must carry an origin-form URI and the client's
+    /// Sends one attempt to `pool`. `head` must carry an origin-form URI and the client's
     /// `Host`; the HTTP/2 form (`:authority`) is derived here. `fresh_only` skips pooled
     /// connections.
     pub async fn send_to(
         pool: &Arc<EndpointPool>,
-        mut req: Request<RequestBody>,
+        head: &http::request::Parts,
+        body: RequestBody,
         http2: bool,
         fresh_only: bool,
     ) -> Result<AttemptResponse, AttemptFailure> {
         let result = if http2 {
+            // hyper's client takes the request by value: the head is copied for it.
+            let mut req = Request::new(body);
+            *req.method_mut() = head.method.clone();
+            *req.headers_mut() = head.headers.clone();
             *req.version_mut() = Version::HTTP_2;
             let authority = req
                 .headers_mut()
                 .remove(http::header::HOST)
                 .and_then(|h| h.to_str().ok().map(str::to_owned))
                 .unwrap_or_else(|| pool.addr().to_string());
-            let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
             match http::Uri::builder()
                 .scheme("http")
                 .authority(authority.as_str())
@@ -184,8 +189,7 @@ impl UpstreamRt {
             }
             pool.send_http2(req, fresh_only).await
         } else {
-            *req.version_mut() = Version::HTTP_11;
-            pool.send_http1(req, fresh_only).await
+            pool.send_http1(head, body, fresh_only).await
         };
         match result {
             Ok((response, conn)) => Ok(AttemptResponse { response, conn }),
