@@ -10,7 +10,7 @@ use http::{Method, Request, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use outrigger_resilience::humanize as humanize_ms;
+use outrigger_resilience::{humanize as humanize_ms, humanize_into};
 use outrigger_telemetry::Level;
 use outrigger_telemetry::logging::JsonLine;
 use outrigger_telemetry::spans::{
@@ -126,10 +126,10 @@ impl Attempt {
         if let Some(c) = self.conn {
             f.str("connection", if c.reused { "reused" } else { "fresh" });
             if c.reused {
-                f.num("idle_ms", ms(c.idle_for));
+                f.millis("idle_ms", micros(c.idle_for));
             }
         }
-        f.num("duration_ms", ms(self.took));
+        f.millis("duration_ms", micros(self.took));
         match self.outcome {
             AttemptOutcome::Status(s) => f.uint("status", u64::from(s)),
             _ => f.str("code", self.code()),
@@ -142,7 +142,7 @@ impl Attempt {
             f.str("next", next.what);
             f.str("retry_reason", next.reason);
             if let Some(w) = next.wait {
-                f.num("backoff_ms", ms(w));
+                f.millis("backoff_ms", micros(w));
             }
             if let Some(b) = next.budget_left {
                 f.num("retry_budget_left", (b * 10.0).round() / 10.0);
@@ -428,18 +428,27 @@ impl Completion {
                 format!("{method} {path} answered {s}, but the client went away before the body was complete."),
             ),
             (None, Some(s)) => {
+                // "GET /pay answered 200 by payments in 4ms." — most lines are this one, so
+                // it is put together without `format!`.
                 let by = self.route.as_ref().map_or("-", |r| &*r.upstream.name);
-                let tries = match self.attempts.len() {
-                    0 | 1 => String::new(),
-                    n => format!(" after {n} attempts"),
-                };
-                (
-                    Level::INFO,
-                    format!(
-                        "{method} {path} answered {s} by {by} in {}{tries}.",
-                        humanize_ms(duration)
-                    ),
-                )
+                let mut msg = String::with_capacity(48 + path.len() + by.len());
+                let mut digits = itoa::Buffer::new();
+                msg.push_str(method.as_str());
+                msg.push(' ');
+                msg.push_str(path);
+                msg.push_str(" answered ");
+                msg.push_str(digits.format(s));
+                msg.push_str(" by ");
+                msg.push_str(by);
+                msg.push_str(" in ");
+                humanize_into(&mut msg, duration);
+                if self.attempts.len() > 1 {
+                    msg.push_str(" after ");
+                    msg.push_str(digits.format(self.attempts.len()));
+                    msg.push_str(" attempts");
+                }
+                msg.push('.');
+                (Level::INFO, msg)
             }
         };
         let mut f = JsonLine::new(level, "access", &msg);
@@ -473,9 +482,9 @@ impl Completion {
         if let Some(c) = class {
             f.str("class", c);
         }
-        f.num("duration_ms", ms(duration));
+        f.millis("duration_ms", micros(duration));
         if !self.attempts.is_empty() {
-            f.num("upstream_ms", ms(upstream));
+            f.millis("upstream_ms", micros(upstream));
             f.begin_array("attempts");
             let last = self.attempts.len();
             for (i, a) in self.attempts.iter().enumerate() {
@@ -715,7 +724,12 @@ impl Drop for Completion {
 }
 
 fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+    micros(d) as f64 / 1000.0
+}
+
+/// `d` in whole microseconds, rounded: access lines print it as milliseconds (`4.124`).
+fn micros(d: Duration) -> u64 {
+    (d.as_secs_f64() * 1_000_000.0).round() as u64
 }
 
 fn version_label(v: Version) -> &'static str {

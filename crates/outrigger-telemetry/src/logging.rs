@@ -88,6 +88,11 @@ impl<S: Subscriber> Layer<S> for JsonLines {
     }
 }
 
+/// Below this many microseconds (about 17 years) every `micros / 1000.0` prints as the plain
+/// decimal with at most three fractional digits: up to 2^43 ms an `f64`'s spacing is under
+/// 0.001, so no other decimal of three or fewer fractional digits reads back as it.
+const MILLIS_EXACT: u64 = 1 << 49;
+
 /// One JSON log line written straight into a buffer: the access log's fast path (no map, no
 /// per-key allocation). Fields come out in the order they are added, after `ts`, `level`,
 /// `kind` and `msg`; [`JsonLine::finish`] hands the line to the buffered writer.
@@ -160,6 +165,19 @@ impl JsonLine {
             self.buf.push_str(zmij::Buffer::new().format_finite(value));
         } else {
             self.buf.push_str("null");
+        }
+        self
+    }
+
+    /// A number of milliseconds given in whole microseconds (`4.124`): the same text as
+    /// [`JsonLine::num`] with `micros as f64 / 1000.0`, without float formatting.
+    pub fn millis(&mut self, key: &str, micros: u64) -> &mut Self {
+        self.key(key);
+        if micros < MILLIS_EXACT {
+            push_millis(&mut self.buf, micros);
+        } else {
+            self.buf
+                .push_str(zmij::Buffer::new().format_finite(micros as f64 / 1000.0));
         }
         self
     }
@@ -262,11 +280,34 @@ fn push_timestamp(buf: &mut String, t: SystemTime) {
     buf.push_str(std::str::from_utf8(&digits).unwrap_or(".000Z"));
 }
 
+/// Whether `b` must be escaped inside a JSON string.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether no byte of `s` needs escaping. Checked 16 bytes at a time without an early exit
+/// inside a block, which the compiler turns into vector compares: most values (names, paths,
+/// ids, sentences) have nothing to escape and are copied whole.
+fn is_clean(s: &[u8]) -> bool {
+    let mut blocks = s.chunks_exact(16);
+    for block in &mut blocks {
+        if block.iter().fold(false, |dirty, &b| dirty | needs_escape(b)) {
+            return false;
+        }
+    }
+    !blocks.remainder().iter().any(|&b| needs_escape(b))
+}
+
 /// Appends `s` as a JSON string literal. Scans bytes, not chars: every byte that needs
 /// escaping is ASCII, and an ASCII byte is never part of a multi-byte character, so the
 /// slices between them fall on character boundaries.
 fn escape_into(buf: &mut String, s: &str) {
     buf.push('"');
+    if is_clean(s.as_bytes()) {
+        buf.push_str(s);
+        buf.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let esc = match b {
@@ -294,14 +335,41 @@ fn escape_into(buf: &mut String, s: &str) {
 /// zero-padded (trace and span ids, without going through `fmt`).
 pub fn lower_hex_into(out: &mut [u8], value: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = out.len();
-    for (i, b) in out.iter_mut().enumerate() {
-        let shift = 4 * (digits - 1 - i);
-        *b = HEX
-            .get(((value >> shift.min(124)) & 0xf) as usize)
-            .copied()
-            .unwrap_or(b'0');
+    // Byte by byte from the low end: shifting a u128 by a variable amount per digit cost
+    // more than the rest of the line's numbers.
+    let bytes = value.to_le_bytes();
+    for (i, slot) in out.iter_mut().rev().enumerate() {
+        let byte = bytes.get(i / 2).copied().unwrap_or(0);
+        let nibble = if i % 2 == 0 { byte & 0xf } else { byte >> 4 };
+        *slot = HEX[usize::from(nibble)];
     }
+}
+
+/// Appends `micros / 1000` as the shortest decimal that reads back as the same `f64`, the
+/// way a float formatter would print the millisecond figures of an access line
+/// (`4.124`, `0.2`, `12.0`), from integers only.
+fn push_millis(buf: &mut String, micros: u64) {
+    let mut digits = itoa::Buffer::new();
+    buf.push_str(digits.format(micros / 1000));
+    let frac = micros % 1000;
+    buf.push('.');
+    if frac == 0 {
+        buf.push('0');
+        return;
+    }
+    let three = [
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let keep = if frac.is_multiple_of(100) {
+        1
+    } else if frac.is_multiple_of(10) {
+        2
+    } else {
+        3
+    };
+    buf.push_str(std::str::from_utf8(&three[..keep]).unwrap_or("0"));
 }
 
 /// Lines waiting to be written. Access lines gather here and go out in batches (when 64 KiB
@@ -502,6 +570,73 @@ mod tests {
                 humantime::format_rfc3339_millis(t).to_string(),
                 "at +{offset_ms} ms"
             );
+        }
+    }
+
+    #[test]
+    fn millis_read_exactly_like_the_float_formatter() {
+        let float = |micros: u64| zmij::Buffer::new().format_finite(micros as f64 / 1000.0).to_owned();
+        let ours = |micros: u64| {
+            let mut line = JsonLine {
+                buf: String::new(),
+                comma: false,
+            };
+            line.millis("", micros);
+            line.buf
+        };
+        for micros in (0..200_000).chain([999_999, 1_000_000, 4_124_000, 86_400_000_000]) {
+            assert_eq!(ours(micros), float(micros), "{micros} µs");
+        }
+        // Spread over the whole range, up to and past the integer-only limit.
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200_000 {
+            let shift = rng.u32(0..40);
+            let micros = rng.u64(..MILLIS_EXACT >> shift);
+            assert_eq!(ours(micros), float(micros), "{micros} µs");
+        }
+        for micros in [MILLIS_EXACT - 1, MILLIS_EXACT, MILLIS_EXACT + 1, u64::MAX] {
+            assert_eq!(ours(micros), float(micros), "{micros} µs");
+        }
+    }
+
+    #[test]
+    fn hex_ids_are_zero_padded_lower_case() {
+        for (value, digits) in [
+            (0u128, 32),
+            (1, 16),
+            (u128::MAX, 32),
+            (0xabc, 3),
+            (u128::from(u64::MAX), 16),
+        ] {
+            let mut out = vec![0u8; digits];
+            lower_hex_into(&mut out, value);
+            let want = format!("{value:0digits$x}");
+            assert_eq!(std::str::from_utf8(&out).unwrap(), &want[want.len() - digits..]);
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..10_000 {
+            let value = rng.u128(..);
+            let mut out = [0u8; 32];
+            lower_hex_into(&mut out, value);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{value:032x}"));
+        }
+    }
+
+    #[test]
+    fn strings_with_and_without_escapes_around_every_block_edge() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for special in ["\"", "\\", "\n", "\u{1}", "é"] {
+                    let s: String = "a".repeat(at) + special + &"b".repeat(len - at);
+                    let mut ours = String::new();
+                    escape_into(&mut ours, &s);
+                    assert_eq!(ours, serde_json::to_string(&s).unwrap(), "{s:?}");
+                }
+                let plain = "x".repeat(len);
+                let mut ours = String::new();
+                escape_into(&mut ours, &plain);
+                assert_eq!(ours, format!("\"{plain}\""));
+            }
         }
     }
 
