@@ -156,20 +156,29 @@ pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
 
 fn append_list(headers: &mut HeaderMap, name: HeaderName, item: Option<&HeaderValue>) {
     let Some(item) = item else { return };
-    let joined = match headers.get(&name).map(HeaderValue::as_bytes) {
-        Some(existing) if !existing.is_empty() => {
-            let mut v = Vec::with_capacity(existing.len() + 2 + item.len());
-            v.extend_from_slice(existing);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(item.as_bytes());
-            match HeaderValue::from_bytes(&v) {
-                Ok(v) => v,
-                Err(_) => return,
-            }
+    // One lookup (these names are not standard ones, and hashing them is most of the cost).
+    match headers.entry(name) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(item.clone());
         }
-        _ => item.clone(),
-    };
-    headers.insert(name, joined);
+        http::header::Entry::Occupied(mut slot) => {
+            let existing = slot.get().as_bytes();
+            let joined = if existing.is_empty() {
+                item.clone()
+            } else {
+                let mut v = Vec::with_capacity(existing.len() + 2 + item.len());
+                v.extend_from_slice(existing);
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(item.as_bytes());
+                match HeaderValue::from_bytes(&v) {
+                    Ok(v) => v,
+                    Err(_) => return,
+                }
+            };
+            // `insert` replaces every value of the field with this one, like before.
+            slot.insert(joined);
+        }
+    }
 }
 
 /// Whether every `%` in `path` starts a valid escape (`%` and two hex digits).
