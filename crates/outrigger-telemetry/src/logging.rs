@@ -93,6 +93,14 @@ impl<S: Subscriber> Layer<S> for JsonLines {
 /// 0.001, so no other decimal of three or fewer fractional digits reads back as it.
 const MILLIS_EXACT: u64 = 1 << 49;
 
+/// Room for a typical access line (about 550 bytes).
+const LINE_CAPACITY: usize = 768;
+
+thread_local! {
+    /// The buffer of the thread's last line, reused by its next one.
+    static SPARE_LINE: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+}
+
 /// One JSON log line written straight into a buffer: the access log's fast path (no map, no
 /// per-key allocation). Fields come out in the order they are added, after `ts`, `level`,
 /// `kind` and `msg`; [`JsonLine::finish`] hands the line to the buffered writer.
@@ -105,10 +113,11 @@ pub struct JsonLine {
 impl JsonLine {
     /// Starts a line with the four fields every line has.
     pub fn new(level: Level, kind: &str, msg: &str) -> Self {
-        let mut line = JsonLine {
-            buf: String::with_capacity(768),
-            comma: true,
-        };
+        // The thread's last line's buffer, emptied: no allocation per line.
+        let mut buf = SPARE_LINE.take();
+        buf.clear();
+        buf.reserve(LINE_CAPACITY);
+        let mut line = JsonLine { buf, comma: true };
         line.buf.push_str("{\"ts\":\"");
         push_timestamp(&mut line.buf, SystemTime::now());
         line.buf.push('"');
@@ -142,12 +151,12 @@ impl JsonLine {
     /// A string member holding `value` as `digits` lowercase hex digits (at most 32).
     pub fn hex(&mut self, key: &str, value: u128, digits: usize) -> &mut Self {
         self.key(key);
-        let mut tmp = [0u8; 32];
-        let out = &mut tmp[..digits.min(32)];
-        lower_hex_into(out, value);
-        self.buf.push('"');
-        self.buf.push_str(std::str::from_utf8(out).unwrap_or_default());
-        self.buf.push('"');
+        // The quotes and the digits go in as one piece.
+        let digits = digits.min(32);
+        let mut tmp = [b'"'; 34];
+        lower_hex_into(&mut tmp[1..=digits], value);
+        self.buf
+            .push_str(std::str::from_utf8(&tmp[..digits + 2]).unwrap_or("\"\""));
         self
     }
 
@@ -238,6 +247,10 @@ impl JsonLine {
                     write_buffered(format_line(obj).as_bytes());
                 }
             }
+        }
+        // Kept for the thread's next line unless a huge one grew it.
+        if self.buf.capacity() <= 4 * LINE_CAPACITY {
+            SPARE_LINE.set(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -335,13 +348,12 @@ fn escape_into(buf: &mut String, s: &str) {
 /// zero-padded (trace and span ids, without going through `fmt`).
 pub fn lower_hex_into(out: &mut [u8], value: u128) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Byte by byte from the low end: shifting a u128 by a variable amount per digit cost
-    // more than the rest of the line's numbers.
-    let bytes = value.to_le_bytes();
-    for (i, slot) in out.iter_mut().rev().enumerate() {
-        let byte = bytes.get(i / 2).copied().unwrap_or(0);
-        let nibble = if i % 2 == 0 { byte & 0xf } else { byte >> 4 };
-        *slot = HEX[usize::from(nibble)];
+    // From the last digit back, shifting by a constant: a variable shift of a u128 per digit
+    // cost more than the rest of the line's numbers.
+    let mut rest = value;
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(rest & 0xf) as usize];
+        rest >>= 4;
     }
 }
 
