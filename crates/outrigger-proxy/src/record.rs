@@ -177,7 +177,8 @@ pub(crate) struct Completion {
     route: Option<Arc<RouteRt>>,
     pub(crate) status: Option<u16>,
     pub(crate) error: Option<ProxyError>,
-    attempts: Vec<Attempt>,
+    /// Inline for the usual single attempt: no allocation per request.
+    attempts: smallvec::SmallVec<[Attempt; 1]>,
     /// Decisions worth a clause in `cause`: "retry budget exhausted", "breaker open".
     pub(crate) notes: Vec<String>,
     /// The fault injected, as `delay=500ms,abort=503`.
@@ -231,7 +232,7 @@ impl Completion {
             route: None,
             status: None,
             error: None,
-            attempts: Vec::new(),
+            attempts: smallvec::SmallVec::new(),
             notes: Vec::new(),
             fault: None,
             fallback: None,
@@ -266,8 +267,6 @@ impl Completion {
             };
             series.observe(attempt.took.as_secs_f64());
         }
-        // Most requests make one attempt: room for exactly one.
-        self.attempts.reserve_exact(1);
         self.attempts.push(attempt);
     }
 
