@@ -164,9 +164,12 @@ async fn serve_connection(
         let conn = builder.http1.serve_connection(io, service).with_upgrades();
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
     } else {
-        // Each HTTP/2 stream is a task of its own: boxed, the request's future (~3 KiB) is
-        // made in place once instead of being moved into the stream and then into the task.
-        let service = service_fn(move |req| Box::pin(respond(shared.clone(), ctx.clone(), req)));
+        // Each HTTP/2 stream is a task of its own: boxed, the request's future (~3.5 KiB) is
+        // not moved into the stream and then into the task. Written into an uninitialized box:
+        // `Box::pin` copied it twice on the way (−324 instructions per request).
+        let service = service_fn(move |req| {
+            Box::into_pin(Box::write(Box::new_uninit(), respond(shared.clone(), ctx.clone(), req)))
+        });
         let conn = builder.http2.serve_connection(io, service);
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
     }
