@@ -28,7 +28,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, RequestBody};
-use crate::headers::connection_has;
 use crate::net::Socket;
 
 /// The read buffer a connection starts with.
@@ -371,7 +370,23 @@ where
             let base = buffered.as_ptr() as usize;
             let head = Bytes::copy_from_slice(&buffered[..len]);
             let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+            let mut facts = HeadFacts::default();
             for h in parsed.headers.iter() {
+                // The fields that decide the framing are read here, from the bytes; the
+                // hop-by-hop ones that carry nothing else (`Connection: keep-alive`,
+                // `Keep-Alive`) stay out of the map, which would only drop them again.
+                let raw = h.name.as_bytes();
+                if raw.eq_ignore_ascii_case(b"connection") {
+                    if facts.connection(h.value) {
+                        continue;
+                    }
+                } else if raw.eq_ignore_ascii_case(b"keep-alive") {
+                    continue;
+                } else if raw.eq_ignore_ascii_case(b"content-length") {
+                    facts.content_length(h.value);
+                } else if raw.eq_ignore_ascii_case(b"transfer-encoding") {
+                    facts.transfer_encoding = true;
+                }
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| Error::Protocol("a header name is not valid"))?;
                 let at = h.value.as_ptr() as usize - base;
@@ -380,7 +395,7 @@ where
                 headers.append(name, value);
             }
             self.conn.consume(len);
-            self.recv = self.framing_of(status, version, &mut headers)?;
+            self.recv = self.framing_of(status, version, &facts, &mut headers)?;
             let mut parts = Response::new(()).into_parts().0;
             parts.status = status;
             parts.version = version;
@@ -391,9 +406,14 @@ where
 
     /// How the response's body is delimited (RFC 9112 §6.3), and whether the connection can
     /// carry another request afterwards.
-    fn framing_of(&mut self, status: StatusCode, version: Version, headers: &mut HeaderMap) -> Result<Recv, Error> {
-        let close = connection_has(headers, "close");
-        self.keep_alive &= !close && (version == Version::HTTP_11 || connection_has(headers, "keep-alive"));
+    fn framing_of(
+        &mut self,
+        status: StatusCode,
+        version: Version,
+        facts: &HeadFacts,
+        headers: &mut HeaderMap,
+    ) -> Result<Recv, Error> {
+        self.keep_alive &= !facts.close && (version == Version::HTTP_11 || facts.keep_alive);
         if status == StatusCode::SWITCHING_PROTOCOLS {
             self.keep_alive = false;
             self.body = None;
@@ -402,7 +422,7 @@ where
         if self.head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             return Ok(Recv::Done);
         }
-        if headers.contains_key(TRANSFER_ENCODING) {
+        if facts.transfer_encoding {
             // Both headers: the length is wrong by definition and the connection is suspect.
             if headers.remove(CONTENT_LENGTH).is_some() {
                 self.keep_alive = false;
@@ -420,17 +440,10 @@ where
             self.keep_alive = false;
             return Ok(Recv::UntilClose);
         }
-        let mut length = None;
-        for value in headers.get_all(CONTENT_LENGTH) {
-            for part in value.to_str().unwrap_or("x").split(',') {
-                let n = digits(part.trim()).ok_or(Error::Protocol("the Content-Length is not a number"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Error::Protocol("the response has two different Content-Lengths"));
-                }
-                length = Some(n);
-            }
+        if let Some(problem) = facts.length_problem {
+            return Err(Error::Protocol(problem));
         }
-        Ok(match length {
+        Ok(match facts.length {
             Some(0) => Recv::Done,
             Some(n) => Recv::Length(n),
             None => {
@@ -770,6 +783,56 @@ fn digits(text: &str) -> Option<u64> {
         return None;
     }
     text.parse().ok()
+}
+
+/// What a response head says about its own framing, gathered while its fields are read.
+#[derive(Default)]
+struct HeadFacts {
+    /// `Connection` lists `close`.
+    close: bool,
+    /// `Connection` lists `keep-alive` (what keeps an HTTP/1.0 connection open).
+    keep_alive: bool,
+    transfer_encoding: bool,
+    /// The `Content-Length`, if every value agrees.
+    length: Option<u64>,
+    /// Why the `Content-Length` cannot be used; an error only where the length frames the body.
+    length_problem: Option<&'static str>,
+}
+
+impl HeadFacts {
+    /// Notes the tokens of one `Connection` value; true when it lists nothing but `close`
+    /// and `keep-alive`, so it names no other field to remove and can be left out.
+    fn connection(&mut self, value: &[u8]) -> bool {
+        let mut only_framing = true;
+        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                only_framing = false;
+            }
+        }
+        only_framing
+    }
+
+    /// Notes one `Content-Length` value (a comma-separated list is allowed if all agree).
+    fn content_length(&mut self, value: &[u8]) {
+        if self.length_problem.is_some() {
+            return;
+        }
+        for part in value.split(|b| *b == b',') {
+            let Some(n) = std::str::from_utf8(part.trim_ascii()).ok().and_then(digits) else {
+                self.length_problem = Some("the Content-Length is not a number");
+                return;
+            };
+            if self.length.is_some_and(|l| l != n) {
+                self.length_problem = Some("the response has two different Content-Lengths");
+                return;
+            }
+            self.length = Some(n);
+        }
+    }
 }
 
 /// `n` in lower-case hex, without leading zeros.
@@ -1263,6 +1326,38 @@ mod tests {
                 String::from_utf8_lossy(reply)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn framing_only_hop_by_hop_fields_stay_out_of_the_response_head() {
+        let (resp, _) = exchange_with(
+            request("GET", "/", empty()),
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nx-kept: 1\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        let resp = resp.unwrap();
+        let h = resp.headers();
+        assert!(h.get("connection").is_none() && h.get("keep-alive").is_none(), "{h:?}");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+        let (body, exchange) = body_of(resp).await;
+        body.unwrap();
+        assert!(exchange.into_reusable().is_some());
+
+        // A `Connection` that names another field stays, so the hop-by-hop strip removes both;
+        // its `close` still ends the connection.
+        let (resp, _) = exchange_with(
+            request("GET", "/", empty()),
+            b"HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.headers().get("connection").unwrap(), "close, x-hop");
+        let mut head = resp.headers().clone();
+        crate::headers::strip_hop_by_hop(&mut head, false);
+        assert!(head.len() == 1 && head.contains_key(CONTENT_LENGTH), "{head:?}");
+        let (body, exchange) = body_of(resp).await;
+        body.unwrap();
+        assert!(exchange.into_reusable().is_none());
     }
 
     #[tokio::test]
