@@ -19,11 +19,52 @@ thread_local! {
     static ID_CONTEXT: uuid::ContextV7 = const { uuid::ContextV7::new() };
 }
 
+/// Which of the fields the proxy looks up by name a request carries, from one pass over its
+/// names. Most requests carry none of them, and a lookup that misses still hashes the whole
+/// name (these are not standard names, which hash cheaply): a few hundred instructions per
+/// request, more than the pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// `x-request-id`.
+    pub request_id: bool,
+    /// `traceparent`.
+    pub traceparent: bool,
+    /// `tracestate`.
+    pub tracestate: bool,
+    /// `b3` or any `x-b3-*`.
+    pub b3: bool,
+    /// The fault-injection header (`x-outrigger-fault`).
+    pub fault: bool,
+}
+
+/// One pass over the request's field names (see [`Carried`]).
+pub fn carried(headers: &HeaderMap) -> Carried {
+    let mut c = Carried::default();
+    for name in headers.keys() {
+        match name.as_str() {
+            "x-request-id" => c.request_id = true,
+            "traceparent" => c.traceparent = true,
+            "tracestate" => c.tracestate = true,
+            crate::fault::FAULT_HEADER => c.fault = true,
+            n if n == "b3" || n.starts_with("x-b3-") => c.b3 = true,
+            _ => {}
+        }
+    }
+    c
+}
+
 /// The request id for this request: the inbound `x-request-id` if it is 1–128 characters
 /// of `[A-Za-z0-9._-]`, otherwise a new UUID v7 (time-ordered, so ids sort by arrival;
 /// within one millisecond, among the ids of one worker thread).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(X_REQUEST_ID) {
+    request_id_of(headers, carried(headers))
+}
+
+/// [`request_id`], when the request's fields have been scanned already.
+pub fn request_id_of(headers: &HeaderMap, carried: Carried) -> HeaderValue {
+    if carried.request_id
+        && let Some(v) = headers.get(X_REQUEST_ID)
+    {
         let b = v.as_bytes();
         if (1..=128).contains(&b.len())
             && b.iter()

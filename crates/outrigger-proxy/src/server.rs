@@ -181,11 +181,12 @@ async fn respond(
     ctx: Arc<ConnCtx>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<crate::body::ResponseBody>, Infallible> {
-    let (id, version) = (crate::headers::request_id(req.headers()), req.version());
+    let carried = crate::headers::carried(req.headers());
+    let (id, version) = (crate::headers::request_id_of(req.headers(), carried), req.version());
     // A bug in one request must not take the connection, let alone the proxy, down. Each
     // poll is guarded in place: wrapping the future (`catch_unwind()`) moved its ~3 KiB
     // state four times per request.
-    let handling = shared.clone().handle(req, ctx, id.clone());
+    let handling = shared.clone().handle(req, ctx, id.clone(), carried);
     let mut handling = std::pin::pin!(handling);
     let guarded =
         std::future::poll_fn(

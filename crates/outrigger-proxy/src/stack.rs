@@ -266,9 +266,10 @@ impl Shared {
         mut req: Request<Incoming>,
         conn: Arc<ConnCtx>,
         request_id: HeaderValue,
+        carried: headers::Carried,
     ) -> Response<ResponseBody> {
         // --- context ---
-        let trace = TraceContext::from_request(req.headers(), self.accept_b3, self.sample_ratio);
+        let trace = TraceContext::from_request(req.headers(), carried, self.accept_b3, self.sample_ratio);
         let mut done = Completion::start(self.clone(), &req, request_id.clone(), trace, conn.active.clone());
         let grpc = is_grpc(req.headers());
         let Some(listener) = self.listeners.get(conn.listener) else {
@@ -390,7 +391,15 @@ impl Shared {
         let upgrading = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        rewrite(&mut parts, absolute_form, listener.role, &conn.forwarding, &request_id);
+        rewrite(
+            &mut parts,
+            absolute_form,
+            upgrading,
+            carried,
+            listener.role,
+            &conn.forwarding,
+            &request_id,
+        );
         let replay_limit = route.retry.replay_limit(&parts.method);
         let empty = body.is_end_stream();
         let body = ClientBody::new(body, route.max_body_bytes, listener.body_idle);
@@ -821,11 +830,12 @@ fn located(kind: ErrorKind, route: &RouteRt) -> ProxyError {
 fn rewrite(
     parts: &mut Parts,
     absolute_form: bool,
+    upgrading: bool,
+    carried: headers::Carried,
     role: Role,
     forwarding: &headers::Forwarding,
     request_id: &HeaderValue,
 ) {
-    let upgrading = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
     if (absolute_form || !parts.headers.contains_key(HOST))
         && let Some(a) = parts
             .uri
@@ -839,7 +849,9 @@ fn rewrite(
         headers::add_forwarding(&mut parts.headers, forwarding);
     }
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    parts.headers.remove(FAULT_HEADER);
+    if carried.fault {
+        parts.headers.remove(FAULT_HEADER);
+    }
     if let Some(pq) = parts.uri.path_and_query().cloned() {
         parts.uri = Uri::from(pq);
     }

@@ -9,6 +9,8 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use outrigger_telemetry::logging::lower_hex_into;
 
+use crate::headers::Carried;
+
 /// `traceparent`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `tracestate`.
@@ -29,6 +31,9 @@ pub struct TraceContext {
     pub tracestate: Option<HeaderValue>,
     /// The inbound header was present but invalid (a new trace was started instead).
     pub rejected: bool,
+    /// The request carried a `tracestate` that is not forwarded (no valid `traceparent`
+    /// with it): each attempt removes it.
+    stray_tracestate: bool,
 }
 
 fn nonzero_u64() -> u64 {
@@ -108,20 +113,29 @@ pub fn parse_b3(h: &HeaderMap) -> Option<(u128, u64, bool)> {
 impl TraceContext {
     /// The context of an inbound request: continued from a valid `traceparent` (or B3 when
     /// `accept_b3`), else a new trace sampled with probability `sample_ratio`.
-    pub fn from_request(h: &HeaderMap, accept_b3: bool, sample_ratio: f64) -> Self {
+    /// `carried` says which of the trace fields are there ([`crate::headers::carried`]).
+    pub fn from_request(h: &HeaderMap, carried: Carried, accept_b3: bool, sample_ratio: f64) -> Self {
         let span_id = nonzero_u64();
-        let w3c = h.get(TRACEPARENT);
+        let w3c = if carried.traceparent { h.get(TRACEPARENT) } else { None };
         if let Some((trace_id, parent, sampled)) = w3c.and_then(|v| parse_traceparent(v.as_bytes())) {
             return TraceContext {
                 trace_id,
                 parent_id: Some(parent),
                 span_id,
                 sampled,
-                tracestate: h.get(TRACESTATE).cloned(),
+                tracestate: if carried.tracestate {
+                    h.get(TRACESTATE).cloned()
+                } else {
+                    None
+                },
                 rejected: false,
+                stray_tracestate: false,
             };
         }
-        if accept_b3 && let Some((trace_id, parent, sampled)) = parse_b3(h) {
+        if accept_b3
+            && carried.b3
+            && let Some((trace_id, parent, sampled)) = parse_b3(h)
+        {
             return TraceContext {
                 trace_id,
                 parent_id: Some(parent),
@@ -129,6 +143,7 @@ impl TraceContext {
                 sampled,
                 tracestate: None,
                 rejected: w3c.is_some(),
+                stray_tracestate: carried.tracestate,
             };
         }
         let sampled = sample_ratio >= 1.0 || (sample_ratio > 0.0 && fastrand::f64() < sample_ratio);
@@ -139,6 +154,7 @@ impl TraceContext {
             sampled,
             tracestate: None,
             rejected: w3c.is_some(),
+            stray_tracestate: carried.tracestate,
         }
     }
 
@@ -178,9 +194,10 @@ impl TraceContext {
             Some(ts) => {
                 h.insert(TRACESTATE, ts.clone());
             }
-            None => {
+            None if self.stray_tracestate => {
                 h.remove(TRACESTATE);
             }
+            None => {}
         }
         span
     }
@@ -189,6 +206,7 @@ impl TraceContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::carried;
 
     const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -230,7 +248,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(TRACEPARENT, HeaderValue::from_static(GOOD));
         h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        let cx = TraceContext::from_request(&h, false, 0.0);
+        let cx = TraceContext::from_request(&h, carried(&h), false, 0.0);
         assert_eq!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(cx.sampled && !cx.rejected);
         let mut out = HeaderMap::new();
@@ -244,9 +262,13 @@ mod tests {
         assert_eq!(out[TRACESTATE], "congo=t61rcWkgMzE");
 
         h.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
-        let cx = TraceContext::from_request(&h, false, 1.0);
+        let cx = TraceContext::from_request(&h, carried(&h), false, 1.0);
         assert!(cx.rejected && cx.parent_id.is_none() && cx.tracestate.is_none());
         assert_ne!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        // The orphaned `tracestate` is not forwarded: every attempt's head drops it.
+        let mut attempt = h.clone();
+        cx.inject(&mut attempt);
+        assert!(!attempt.contains_key(TRACESTATE) && attempt[TRACEPARENT] != "garbage");
     }
 
     #[test]
@@ -257,18 +279,18 @@ mod tests {
             HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"),
         );
         assert_eq!(
-            TraceContext::from_request(&h, true, 0.0).trace_id_hex(),
+            TraceContext::from_request(&h, carried(&h), true, 0.0).trace_id_hex(),
             "80f198ee56343ba864fe8b2a57d3eff7"
         );
         assert_ne!(
-            TraceContext::from_request(&h, false, 0.0).trace_id_hex(),
+            TraceContext::from_request(&h, carried(&h), false, 0.0).trace_id_hex(),
             "80f198ee56343ba864fe8b2a57d3eff7"
         );
         let mut m = HeaderMap::new();
         m.insert("x-b3-traceid", HeaderValue::from_static("64fe8b2a57d3eff7"));
         m.insert("x-b3-spanid", HeaderValue::from_static("e457b5a2e4d86bd1"));
         m.insert("x-b3-sampled", HeaderValue::from_static("0"));
-        let cx = TraceContext::from_request(&m, true, 1.0);
+        let cx = TraceContext::from_request(&m, carried(&m), true, 1.0);
         assert_eq!(cx.trace_id_hex(), "000000000000000064fe8b2a57d3eff7");
         assert!(!cx.sampled);
     }

@@ -10,7 +10,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use outrigger_proxy::headers::{
-    Forwarding, add_forwarding, is_upgrade, request_id, strip_hop_by_hop, valid_percent_encoding,
+    Carried, Forwarding, add_forwarding, carried, is_upgrade, request_id, strip_hop_by_hop, valid_percent_encoding,
 };
 use outrigger_proxy::router::split_authority;
 use outrigger_resilience::deadline::parse_grpc_timeout;
@@ -89,6 +89,33 @@ proptest! {
         let b = id.as_bytes();
         prop_assert!((1..=128).contains(&b.len()));
         prop_assert!(b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')));
+    }
+
+    #[test]
+    fn the_one_pass_scan_agrees_with_lookups_by_name(
+        names in proptest::collection::vec(prop_oneof![
+            proptest::sample::select(vec![
+                "x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-flags",
+                "x-outrigger-fault", "host", "x-b3", "b3x", "tracestatex",
+            ]).prop_map(str::to_owned),
+            "[a-z][a-z0-9-]{0,20}",
+        ], 0..10)
+    ) {
+        let mut h = HeaderMap::new();
+        for n in &names {
+            h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("1"));
+        }
+        let b3 = ["b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"]
+            .iter()
+            .any(|n| h.contains_key(*n))
+            || h.keys().any(|k| k.as_str().starts_with("x-b3-"));
+        prop_assert_eq!(carried(&h), Carried {
+            request_id: h.contains_key("x-request-id"),
+            traceparent: h.contains_key("traceparent"),
+            tracestate: h.contains_key("tracestate"),
+            b3,
+            fault: h.contains_key("x-outrigger-fault"),
+        });
     }
 
     #[test]
