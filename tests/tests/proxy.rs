@@ -49,6 +49,45 @@ async fn http1_request_is_forwarded_with_forwarding_headers_and_logged() {
 }
 
 #[tokio::test]
+async fn fields_the_proxy_sets_replace_the_clients_and_go_upstream_once() {
+    // The proxy's own fields are written beside the client's head, not inserted into it:
+    // the client's copies must be gone, over HTTP/1.1 and HTTP/2 upstreams alike.
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for protocol in ["http1", "http2"] {
+        let up = Upstream::start(Mode::Ok).await;
+        let yaml = with_upstream_setting(&config(&[up.addr()], DEFAULT_ROUTE), &format!("protocol: {protocol}"));
+        let proxy = Outrigger::start(&yaml);
+        let req = http::Request::get(proxy.url("/echo"))
+            .header("x-request-id", "req-9")
+            .header("traceparent", PARENT)
+            .header("tracestate", "congo=t61rcWkgMzE")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("forwarded", "for=203.0.113.9")
+            .body(Full::default())
+            .unwrap();
+        let reply = send(&http1_client(), req).await;
+        assert_eq!(reply.status, 200, "{protocol}");
+        let h = up.last_request_headers().unwrap();
+        let once = |name: &str| {
+            let all: Vec<_> = h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+            assert_eq!(all.len(), 1, "{protocol}: {name} went upstream as {all:?}");
+            all.into_iter().next().unwrap()
+        };
+        assert_eq!(once("x-request-id"), "req-9");
+        let tp = once("traceparent");
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp != PARENT,
+            "{tp}"
+        );
+        assert_eq!(once("tracestate"), "congo=t61rcWkgMzE");
+        assert_eq!(once("x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+        assert_eq!(once("x-forwarded-proto"), "http");
+        assert_eq!(once("forwarded"), "for=203.0.113.9, for=127.0.0.1;proto=http");
+    }
+}
+
+#[tokio::test]
 async fn request_ids_are_generated_as_uuid_v7_when_missing_or_invalid() {
     let up = Upstream::start(Mode::Ok).await;
     let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, RequestBody};
+use crate::headers::Added;
 use crate::net::Socket;
 
 /// The read buffer a connection starts with.
@@ -240,7 +241,8 @@ where
     /// Queues the request's head on `conn` (written from `parts`, which the caller keeps for
     /// a retry); nothing is written until the exchange is polled. `parts` must carry an
     /// origin-form URI and a `Host` header.
-    pub(crate) fn new(mut conn: Box<Conn>, parts: &http::request::Parts, body: B) -> Self {
+    /// `added`: the fields this proxy sets, written after the client's ([`Added`]).
+    pub(crate) fn new(mut conn: Box<Conn>, parts: &http::request::Parts, added: Option<&Added>, body: B) -> Self {
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -267,16 +269,21 @@ where
         out.push(b' ');
         out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
-            // The framing headers are ours to write (hop-by-hop `Transfer-Encoding` is gone
-            // already; the length is checked against the body as it is sent).
-            if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
-                continue;
-            }
+        let mut field = |name: &HeaderName, value: &HeaderValue| {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
+        };
+        for (name, value) in &parts.headers {
+            // The framing headers are ours to write (hop-by-hop `Transfer-Encoding` is gone
+            // already; the length is checked against the body as it is sent).
+            if name != TRANSFER_ENCODING && name != CONTENT_LENGTH {
+                field(name, value);
+            }
+        }
+        if let Some(added) = added {
+            added.each(|name, value| field(&name, value));
         }
         match (framing, length) {
             (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -975,7 +982,7 @@ mod tests {
         B: Body<Data = Bytes, Error = BoxError> + Unpin,
     {
         let (parts, body) = req.into_parts();
-        Exchange::new(conn, &parts, body)
+        Exchange::new(conn, &parts, None, body)
     }
 
     fn request<B>(method: &str, path: &str, body: B) -> Request<B> {

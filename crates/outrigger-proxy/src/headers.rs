@@ -12,6 +12,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `grpc-timeout`: a gRPC request's deadline.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 thread_local! {
     /// Each worker thread's UUID v7 counter: ids a thread makes are ordered even within one
@@ -35,6 +37,8 @@ pub struct Carried {
     pub b3: bool,
     /// The fault-injection header (`x-outrigger-fault`).
     pub fault: bool,
+    /// `x-forwarded-for`, `x-forwarded-proto` or `forwarded`.
+    pub forwarding: bool,
 }
 
 /// One pass over the request's field names (see [`Carried`]).
@@ -46,6 +50,7 @@ pub fn carried(headers: &HeaderMap) -> Carried {
             "traceparent" => c.traceparent = true,
             "tracestate" => c.tracestate = true,
             crate::fault::FAULT_HEADER => c.fault = true,
+            "x-forwarded-for" | "x-forwarded-proto" | "forwarded" => c.forwarding = true,
             n if n == "b3" || n.starts_with("x-b3-") => c.b3 = true,
             _ => {}
         }
@@ -200,35 +205,99 @@ impl Forwarding {
 
 /// Appends the peer to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
 pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
-    append_list(headers, X_FORWARDED_FOR, f.xff.as_ref());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(f.proto));
-    append_list(headers, FORWARDED, f.forwarded.as_ref());
+    let mut added = Added::default();
+    added.forward(headers, true, f);
+    added.insert_into(headers);
 }
 
-fn append_list(headers: &mut HeaderMap, name: HeaderName, item: Option<&HeaderValue>) {
-    let Some(item) = item else { return };
-    // One lookup (these names are not standard ones, and hashing them is most of the cost).
-    match headers.entry(name) {
-        http::header::Entry::Vacant(slot) => {
-            slot.insert(item.clone());
+/// `item` appended to the list `prior` (`a, b`); `prior` unchanged if the result would not
+/// be a valid field value.
+fn append_to_list(prior: Option<HeaderValue>, item: &HeaderValue) -> HeaderValue {
+    let Some(prior) = prior.filter(|p| !p.is_empty()) else {
+        return item.clone();
+    };
+    let mut v = Vec::with_capacity(prior.len() + 2 + item.len());
+    v.extend_from_slice(prior.as_bytes());
+    v.extend_from_slice(b", ");
+    v.extend_from_slice(item.as_bytes());
+    HeaderValue::from_bytes(&v).unwrap_or(prior)
+}
+
+/// The fields this proxy sets on an upstream request, kept beside the client's fields
+/// rather than inserted among them: the HTTP/1.1 client writes them after the client's, with
+/// no hashing and no map insertion (for these non-standard names that was about 1,000
+/// instructions a request), and HTTP/2 inserts them into its own copy of the map. Where the
+/// client sent one of them, [`Added::forward`] and `rewrite` take the client's out of the map.
+#[derive(Clone, Debug, Default)]
+pub struct Added {
+    /// `x-request-id`.
+    pub request_id: Option<HeaderValue>,
+    /// `x-forwarded-for`: the client's list with the peer appended (inbound listeners).
+    pub forwarded_for: Option<HeaderValue>,
+    /// `x-forwarded-proto`.
+    pub forwarded_proto: Option<HeaderValue>,
+    /// `forwarded`: the client's list with this hop's element appended.
+    pub forwarded: Option<HeaderValue>,
+    /// `traceparent`: each attempt's own.
+    pub traceparent: Option<HeaderValue>,
+    /// `tracestate`, forwarded with a valid inbound `traceparent`.
+    pub tracestate: Option<HeaderValue>,
+    /// `grpc-timeout`: the time left, per attempt.
+    pub grpc_timeout: Option<HeaderValue>,
+}
+
+impl Added {
+    /// Starts with the request id (every upstream request carries one).
+    pub fn new(request_id: HeaderValue) -> Self {
+        Added {
+            request_id: Some(request_id),
+            ..Added::default()
         }
-        http::header::Entry::Occupied(mut slot) => {
-            let existing = slot.get().as_bytes();
-            let joined = if existing.is_empty() {
-                item.clone()
-            } else {
-                let mut v = Vec::with_capacity(existing.len() + 2 + item.len());
-                v.extend_from_slice(existing);
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(item.as_bytes());
-                match HeaderValue::from_bytes(&v) {
-                    Ok(v) => v,
-                    Err(_) => return,
-                }
-            };
-            // `insert` replaces every value of the field with this one, like before.
-            slot.insert(joined);
+    }
+
+    /// Sets the forwarding fields for this hop; `carried` says whether the client sent any,
+    /// which are then taken out of `headers` (their lists continue in ours).
+    pub fn forward(&mut self, headers: &mut HeaderMap, carried: bool, f: &Forwarding) {
+        let (prior_xff, prior_fwd) = if carried {
+            headers.remove(X_FORWARDED_PROTO);
+            (headers.remove(X_FORWARDED_FOR), headers.remove(FORWARDED))
+        } else {
+            (None, None)
+        };
+        self.forwarded_for = match &f.xff {
+            Some(xff) => Some(append_to_list(prior_xff, xff)),
+            None => prior_xff,
+        };
+        self.forwarded_proto = Some(HeaderValue::from_static(f.proto));
+        self.forwarded = match &f.forwarded {
+            Some(fwd) => Some(append_to_list(prior_fwd, fwd)),
+            None => prior_fwd,
+        };
+    }
+
+    /// Calls `f` with each field that is set, in a fixed order.
+    pub fn each(&self, mut f: impl FnMut(HeaderName, &HeaderValue)) {
+        let fields = [
+            (X_REQUEST_ID, &self.request_id),
+            (X_FORWARDED_FOR, &self.forwarded_for),
+            (X_FORWARDED_PROTO, &self.forwarded_proto),
+            (FORWARDED, &self.forwarded),
+            (crate::trace::TRACEPARENT, &self.traceparent),
+            (crate::trace::TRACESTATE, &self.tracestate),
+            (GRPC_TIMEOUT, &self.grpc_timeout),
+        ];
+        for (name, value) in fields {
+            if let Some(v) = value {
+                f(name, v);
+            }
         }
+    }
+
+    /// Puts the fields into a header map (HTTP/2, whose client takes a map).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        self.each(|name, value| {
+            headers.insert(name, value.clone());
+        });
     }
 }
 

@@ -145,6 +145,7 @@ impl EndpointPool {
     pub async fn send_http1(
         self: &Arc<Self>,
         head: &http::request::Parts,
+        added: &crate::headers::Added,
         body: RequestBody,
         fresh_only: bool,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
@@ -163,7 +164,7 @@ impl EndpointPool {
                 },
             ),
         };
-        match h1::Exchange::new(conn, head, body).response().await {
+        match h1::Exchange::new(conn, head, Some(added), body).response().await {
             Ok(resp) => {
                 let pool = (!resp.body().is_upgrade()).then(|| self.clone());
                 Ok((resp.map(|exchange| UpstreamBody::http1(exchange, pool)), info))

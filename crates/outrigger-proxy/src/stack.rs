@@ -45,10 +45,8 @@ use crate::record::{Attempt, AttemptOutcome, Completion, NextStep};
 use crate::replay::ReplayBody;
 use crate::retry::{self, Decision, Reason, RetryRt};
 use crate::router::{RouteQuery, Router, split_authority};
-use crate::trace::TraceContext;
+use crate::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use crate::upstream::{AttemptResponse, UpstreamRt};
-
-const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// A route at run time.
 pub struct RouteRt {
@@ -374,7 +372,7 @@ impl Shared {
         // --- deadline ---
         let grpc_timeout = if grpc {
             req.headers()
-                .get(GRPC_TIMEOUT)
+                .get(headers::GRPC_TIMEOUT)
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()))
         } else {
             None
@@ -391,15 +389,19 @@ impl Shared {
         let upgrading = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let mut added = headers::Added::new(request_id.clone());
         rewrite(
             &mut parts,
+            &mut added,
             absolute_form,
             upgrading,
             carried,
             listener.role,
             &conn.forwarding,
-            &request_id,
         );
+        if grpc_timeout.is_some() {
+            parts.headers.remove(headers::GRPC_TIMEOUT);
+        }
         let replay_limit = route.retry.replay_limit(&parts.method);
         let empty = body.is_end_stream();
         let body = ClientBody::new(body, route.max_body_bytes, listener.body_idle);
@@ -454,15 +456,12 @@ impl Shared {
                     }
                 },
             };
-            // Each attempt's own headers (its span in `traceparent`, the time left in
-            // `grpc-timeout`) replace the previous attempt's in place: the head is written
-            // from `parts` (HTTP/1.1) or copied once (HTTP/2), never cloned per attempt for
-            // nothing.
-            let span_id = done.trace.inject(&mut parts.headers);
-            if grpc_timeout.is_some()
-                && let Ok(v) = HeaderValue::from_str(&format_grpc_timeout(remaining))
-            {
-                parts.headers.insert(GRPC_TIMEOUT, v);
+            // Each attempt's own fields (its span in `traceparent`, the time left in
+            // `grpc-timeout`) replace the previous attempt's beside the client's head, which
+            // is written as it is (HTTP/1.1) or copied once (HTTP/2), never cloned per attempt.
+            let span_id = done.trace.inject(&mut added);
+            if grpc_timeout.is_some() {
+                added.grpc_timeout = HeaderValue::from_str(&format_grpc_timeout(remaining)).ok();
             }
             let per_try = route.retry.per_try_timeout().filter(|p| *p < remaining);
             let in_flight = endpoint.start();
@@ -472,7 +471,7 @@ impl Shared {
             // (1.8 % of the proxy's instructions per request, benches/instructions.sh).
             let sent = tokio::time::timeout_at(
                 started + per_try.unwrap_or(remaining),
-                UpstreamRt::send_to(&endpoint.pool, &parts, body, http2, fresh_only),
+                UpstreamRt::send_to(&endpoint.pool, &parts, &added, body, http2, fresh_only),
             )
             .await;
             let finished = Instant::now();
@@ -825,16 +824,17 @@ fn located(kind: ErrorKind, route: &RouteRt) -> ProxyError {
 }
 
 /// Turns the client's request head into the upstream's: origin-form URI with `Host` kept
-/// (or taken from the absolute-form authority), hop-by-hop headers out, forwarding headers
-/// in on inbound listeners, our request id and no fault header.
+/// (or taken from the absolute-form authority), hop-by-hop headers out, forwarding fields
+/// set on inbound listeners, no fault header, and the client's own copies of the fields this
+/// proxy sets (`added`: request id, trace context) taken out.
 fn rewrite(
     parts: &mut Parts,
+    added: &mut headers::Added,
     absolute_form: bool,
     upgrading: bool,
     carried: headers::Carried,
     role: Role,
     forwarding: &headers::Forwarding,
-    request_id: &HeaderValue,
 ) {
     if (absolute_form || !parts.headers.contains_key(HOST))
         && let Some(a) = parts
@@ -846,9 +846,18 @@ fn rewrite(
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrading);
     if role == Role::Inbound {
-        headers::add_forwarding(&mut parts.headers, forwarding);
+        added.forward(&mut parts.headers, carried.forwarding, forwarding);
     }
-    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    // Most requests carry none of these: the scan said which to look for.
+    if carried.request_id {
+        parts.headers.remove(X_REQUEST_ID);
+    }
+    if carried.traceparent {
+        parts.headers.remove(TRACEPARENT);
+    }
+    if carried.tracestate {
+        parts.headers.remove(TRACESTATE);
+    }
     if carried.fault {
         parts.headers.remove(FAULT_HEADER);
     }

@@ -9,7 +9,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use outrigger_telemetry::logging::lower_hex_into;
 
-use crate::headers::Carried;
+use crate::headers::{Added, Carried};
 
 /// `traceparent`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -31,9 +31,6 @@ pub struct TraceContext {
     pub tracestate: Option<HeaderValue>,
     /// The inbound header was present but invalid (a new trace was started instead).
     pub rejected: bool,
-    /// The request carried a `tracestate` that is not forwarded (no valid `traceparent`
-    /// with it): each attempt removes it.
-    stray_tracestate: bool,
 }
 
 fn nonzero_u64() -> u64 {
@@ -129,7 +126,6 @@ impl TraceContext {
                     None
                 },
                 rejected: false,
-                stray_tracestate: false,
             };
         }
         if accept_b3
@@ -143,7 +139,6 @@ impl TraceContext {
                 sampled,
                 tracestate: None,
                 rejected: w3c.is_some(),
-                stray_tracestate: carried.tracestate,
             };
         }
         let sampled = sample_ratio >= 1.0 || (sample_ratio > 0.0 && fastrand::f64() < sample_ratio);
@@ -154,7 +149,6 @@ impl TraceContext {
             sampled,
             tracestate: None,
             rejected: w3c.is_some(),
-            stray_tracestate: carried.tracestate,
         }
     }
 
@@ -185,20 +179,13 @@ impl TraceContext {
         )
     }
 
-    /// Sets the propagation headers of an upstream request: the child `traceparent`, and
-    /// `tracestate` only when it came with a valid inbound `traceparent`.
-    pub fn inject(&self, h: &mut HeaderMap) -> u64 {
+    /// Sets the propagation fields of one upstream attempt: the child `traceparent`, and
+    /// `tracestate` only when it came with a valid inbound `traceparent` (`rewrite` has taken
+    /// the client's own out of the head). Returns the attempt's span id.
+    pub fn inject(&self, added: &mut Added) -> u64 {
         let (tp, span) = self.child();
-        h.insert(TRACEPARENT, tp);
-        match &self.tracestate {
-            Some(ts) => {
-                h.insert(TRACESTATE, ts.clone());
-            }
-            None if self.stray_tracestate => {
-                h.remove(TRACESTATE);
-            }
-            None => {}
-        }
+        added.traceparent = Some(tp);
+        added.tracestate.clone_from(&self.tracestate);
         span
     }
 }
@@ -251,8 +238,10 @@ mod tests {
         let cx = TraceContext::from_request(&h, carried(&h), false, 0.0);
         assert_eq!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(cx.sampled && !cx.rejected);
+        let mut added = Added::default();
+        let span = cx.inject(&mut added);
         let mut out = HeaderMap::new();
-        let span = cx.inject(&mut out);
+        added.insert_into(&mut out);
         let tp = out[TRACEPARENT].to_str().unwrap();
         assert!(
             tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"),
@@ -265,10 +254,9 @@ mod tests {
         let cx = TraceContext::from_request(&h, carried(&h), false, 1.0);
         assert!(cx.rejected && cx.parent_id.is_none() && cx.tracestate.is_none());
         assert_ne!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        // The orphaned `tracestate` is not forwarded: every attempt's head drops it.
-        let mut attempt = h.clone();
-        cx.inject(&mut attempt);
-        assert!(!attempt.contains_key(TRACESTATE) && attempt[TRACEPARENT] != "garbage");
+        // The orphaned `tracestate` is not forwarded, and a retry clears the one before.
+        cx.inject(&mut added);
+        assert!(added.tracestate.is_none() && added.traceparent.unwrap() != "garbage");
     }
 
     #[test]

@@ -156,6 +156,7 @@ impl UpstreamRt {
     pub async fn send_to(
         pool: &Arc<EndpointPool>,
         head: &http::request::Parts,
+        added: &crate::headers::Added,
         body: RequestBody,
         http2: bool,
         fresh_only: bool,
@@ -165,6 +166,7 @@ impl UpstreamRt {
             let mut req = Request::new(body);
             *req.method_mut() = head.method.clone();
             *req.headers_mut() = head.headers.clone();
+            added.insert_into(req.headers_mut());
             *req.version_mut() = Version::HTTP_2;
             let authority = req
                 .headers_mut()
@@ -189,7 +191,7 @@ impl UpstreamRt {
             }
             pool.send_http2(req, fresh_only).await
         } else {
-            pool.send_http1(head, body, fresh_only).await
+            pool.send_http1(head, added, body, fresh_only).await
         };
         match result {
             Ok((response, conn)) => Ok(AttemptResponse { response, conn }),

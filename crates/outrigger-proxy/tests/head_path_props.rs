@@ -96,7 +96,8 @@ proptest! {
         names in proptest::collection::vec(prop_oneof![
             proptest::sample::select(vec![
                 "x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-flags",
-                "x-outrigger-fault", "host", "x-b3", "b3x", "tracestatex",
+                "x-outrigger-fault", "host", "x-b3", "b3x", "tracestatex", "x-forwarded-for",
+                "x-forwarded-proto", "forwarded", "x-forwarded-host",
             ]).prop_map(str::to_owned),
             "[a-z][a-z0-9-]{0,20}",
         ], 0..10)
@@ -115,6 +116,7 @@ proptest! {
             tracestate: h.contains_key("tracestate"),
             b3,
             fault: h.contains_key("x-outrigger-fault"),
+            forwarding: ["x-forwarded-for", "x-forwarded-proto", "forwarded"].iter().any(|n| h.contains_key(*n)),
         });
     }
 
