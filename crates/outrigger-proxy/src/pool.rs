@@ -93,6 +93,8 @@ struct IdleConn {
 pub struct EndpointPool {
     addr: SocketAddr,
     label: String,
+    /// `"endpoint":…` as access lines carry it.
+    log_member: outrigger_telemetry::logging::Rendered,
     settings: PoolSettings,
     /// Oldest first, so expired connections are found at the front and the warmest at the back.
     idle: Mutex<VecDeque<IdleConn>>,
@@ -109,6 +111,7 @@ impl EndpointPool {
         };
         EndpointPool {
             addr,
+            log_member: outrigger_telemetry::logging::rendered(&[("endpoint", &label)]),
             label,
             settings,
             idle: Mutex::new(VecDeque::new()),
@@ -124,6 +127,11 @@ impl EndpointPool {
     /// `ip:port` (and the DNS name it came from), for logs and error details.
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The label as an access line's `endpoint` member.
+    pub(crate) fn log_member(&self) -> &outrigger_telemetry::logging::Rendered {
+        &self.log_member
     }
 
     async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {

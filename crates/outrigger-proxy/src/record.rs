@@ -122,9 +122,13 @@ impl Attempt {
     fn write_json(&self, n: usize, body_broke: bool, f: &mut JsonLine) {
         f.begin_object("");
         f.uint("n", n as u64);
-        f.str("endpoint", self.endpoint.label());
+        f.members(self.endpoint.log_member());
         if let Some(c) = self.conn {
-            f.str("connection", if c.reused { "reused" } else { "fresh" });
+            f.members(if c.reused {
+                r#""connection":"reused""#
+            } else {
+                r#""connection":"fresh""#
+            });
             if c.reused {
                 f.millis("idle_ms", micros(c.idle_for));
             }
@@ -137,7 +141,10 @@ impl Attempt {
         if let Some(stage) = if body_broke { Some("body_stream") } else { self.stage() } {
             f.str("stage", stage);
         }
-        f.str("circuit_state", self.circuit_state);
+        match self.circuit_state {
+            "closed" => f.members(r#""circuit_state":"closed""#),
+            state => f.str("circuit_state", state),
+        };
         if let Some(next) = &self.next {
             f.str("next", next.what);
             f.str("retry_reason", next.reason);
@@ -394,13 +401,34 @@ impl Completion {
         }
         let path = self.uri.path();
         let method = &self.method;
+        // "GET /pay answered 200 by payments in 4ms." — most lines are this one, so it is
+        // written straight into the line; the others are put together first.
+        let answered = |msg: &mut String| {
+            let by = self.route.as_ref().map_or("-", |r| &*r.upstream.name);
+            let mut digits = itoa::Buffer::new();
+            msg.push_str(method.as_str());
+            msg.push(' ');
+            msg.push_str(path);
+            msg.push_str(" answered ");
+            msg.push_str(digits.format(self.status.unwrap_or(0)));
+            msg.push_str(" by ");
+            msg.push_str(by);
+            msg.push_str(" in ");
+            humanize_into(msg, duration);
+            if self.attempts.len() > 1 {
+                msg.push_str(" after ");
+                msg.push_str(digits.format(self.attempts.len()));
+                msg.push_str(" attempts");
+            }
+            msg.push('.');
+        };
         let (level, msg) = match (&self.error, self.status) {
             (_, Some(s)) if self.fallback.is_some() => (
                 Level::WARN,
-                format!(
+                Some(format!(
                     "{method} {path} was answered {s} by the route's fallback instead of {}.",
                     self.fallback.unwrap_or("a failure")
-                ),
+                )),
             ),
             (Some(e), _) => {
                 let level = match e.class() {
@@ -409,68 +437,55 @@ impl Completion {
                     ErrorClass::Proxy if matches!(e.kind, crate::error::ErrorKind::Internal { .. }) => Level::ERROR,
                     ErrorClass::Proxy => Level::WARN,
                 };
-                (level, e.detail())
+                (level, Some(e.detail()))
             }
             (None, None) => (
                 Level::INFO,
-                format!(
+                Some(format!(
                     "{method} {path}: the client went away after {} before a response was ready.",
                     humanize_ms(duration)
-                ),
+                )),
             ),
             (None, Some(s)) if self.body_error.is_some() => (
                 Level::WARN,
-                format!("{method} {path} answered {s}, but the response body ended early."),
+                Some(format!(
+                    "{method} {path} answered {s}, but the response body ended early."
+                )),
             ),
             (None, Some(s)) if self.client_gone => (
                 Level::INFO,
-                format!("{method} {path} answered {s}, but the client went away before the body was complete."),
+                Some(format!(
+                    "{method} {path} answered {s}, but the client went away before the body was complete."
+                )),
             ),
-            (None, Some(s)) => {
-                // "GET /pay answered 200 by payments in 4ms." — most lines are this one, so
-                // it is put together without `format!`.
-                let by = self.route.as_ref().map_or("-", |r| &*r.upstream.name);
-                let mut msg = String::with_capacity(48 + path.len() + by.len());
-                let mut digits = itoa::Buffer::new();
-                msg.push_str(method.as_str());
-                msg.push(' ');
-                msg.push_str(path);
-                msg.push_str(" answered ");
-                msg.push_str(digits.format(s));
-                msg.push_str(" by ");
-                msg.push_str(by);
-                msg.push_str(" in ");
-                humanize_into(&mut msg, duration);
-                if self.attempts.len() > 1 {
-                    msg.push_str(" after ");
-                    msg.push_str(digits.format(self.attempts.len()));
-                    msg.push_str(" attempts");
-                }
-                msg.push('.');
-                (Level::INFO, msg)
-            }
+            (None, Some(_)) => (Level::INFO, None),
         };
-        let mut f = JsonLine::new(level, "access", &msg);
+        let mut f = match msg {
+            Some(msg) => JsonLine::new(level, "access", &msg),
+            None => JsonLine::new_with(level, "access", answered),
+        };
         f.str("request_id", self.request_id.to_str().unwrap_or(""));
         f.hex("trace_id", self.trace.trace_id, 32);
         f.hex("span_id", u128::from(self.trace.span_id), 16);
         if let Some(r) = &self.route {
-            f.str("route", &r.name);
-            f.str("upstream", &r.upstream.name);
+            f.members(&r.log_members);
         }
         if let Some(a) = self
             .attempts
             .last()
             .filter(|a| matches!(a.outcome, AttemptOutcome::Status(_)))
         {
-            f.str("endpoint", a.endpoint.label());
+            f.members(a.endpoint.log_member());
         }
-        f.str("method", method.as_str());
+        match method_member(method) {
+            Some(member) => f.members(member),
+            None => f.str("method", method.as_str()),
+        };
         f.str("path", path);
         if let Some(q) = self.uri.query().filter(|q| !q.is_empty()) {
             f.str("query", &redact_query(q, &self.shared.redact_query));
         }
-        f.str("protocol", version_label(self.version));
+        f.members(protocol_member(self.version));
         match self.status {
             Some(s) => f.uint("status", u64::from(s)),
             None => f.null("status"),
@@ -731,14 +746,35 @@ fn micros(d: Duration) -> u64 {
     (d.as_secs_f64() * 1_000_000.0).round() as u64
 }
 
-fn version_label(v: Version) -> &'static str {
+/// The `method` member of an access line for the common methods, rendered ahead of time.
+fn method_member(m: &Method) -> Option<&'static str> {
+    Some(match m.as_str() {
+        "GET" => r#""method":"GET""#,
+        "POST" => r#""method":"POST""#,
+        "PUT" => r#""method":"PUT""#,
+        "DELETE" => r#""method":"DELETE""#,
+        "PATCH" => r#""method":"PATCH""#,
+        "HEAD" => r#""method":"HEAD""#,
+        "OPTIONS" => r#""method":"OPTIONS""#,
+        _ => return None,
+    })
+}
+
+/// The `protocol` member of an access line, rendered ahead of time.
+fn protocol_member(v: Version) -> &'static str {
     match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/1.1",
+        Version::HTTP_09 => r#""protocol":"HTTP/0.9""#,
+        Version::HTTP_10 => r#""protocol":"HTTP/1.0""#,
+        Version::HTTP_2 => r#""protocol":"HTTP/2""#,
+        Version::HTTP_3 => r#""protocol":"HTTP/3""#,
+        _ => r#""protocol":"HTTP/1.1""#,
     }
+}
+
+/// `HTTP/1.1` and the like: the value in [`protocol_member`].
+fn version_label(v: Version) -> &'static str {
+    let member = protocol_member(v);
+    &member[r#""protocol":""#.len()..member.len() - 1]
 }
 
 /// The query string with the values of the listed parameters replaced by `[redacted]`

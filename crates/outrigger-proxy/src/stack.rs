@@ -54,6 +54,8 @@ pub struct RouteRt {
     pub name: Arc<str>,
     /// Where it sends traffic.
     pub upstream: Arc<UpstreamRt>,
+    /// `"route":…,"upstream":…` as its access lines carry them.
+    pub(crate) log_members: outrigger_telemetry::logging::Rendered,
     /// The whole request, retries included, must get its response head within this.
     pub timeout: Duration,
     pub(crate) in_flight: IntGauge,
@@ -175,6 +177,10 @@ impl Shared {
                 let rt = RouteRt {
                     name: name.into(),
                     upstream: upstreams[i].clone(),
+                    log_members: outrigger_telemetry::logging::rendered(&[
+                        ("route", name),
+                        ("upstream", &upstreams[i].name),
+                    ]),
                     timeout: r.timeout,
                     in_flight: metrics.in_flight.with_label_values(&[name]),
                     overhead: metrics.proxy_overhead.with_label_values(&[name]),

@@ -113,6 +113,13 @@ pub struct JsonLine {
 impl JsonLine {
     /// Starts a line with the four fields every line has.
     pub fn new(level: Level, kind: &str, msg: &str) -> Self {
+        Self::new_with(level, kind, |buf| buf.push_str(msg))
+    }
+
+    /// [`JsonLine::new`] with the message written by `write_msg` straight into the line
+    /// (escaped afterwards if it needs it): a message put together per line costs no
+    /// buffer of its own.
+    pub fn new_with(level: Level, kind: &str, write_msg: impl FnOnce(&mut String)) -> Self {
         // The thread's last line's buffer, emptied: no allocation per line.
         let mut buf = SPARE_LINE.take();
         buf.clear();
@@ -123,7 +130,17 @@ impl JsonLine {
         line.buf.push('"');
         line.str("level", level_word(&level));
         line.str("kind", kind);
-        line.str("msg", msg);
+        line.key("msg");
+        line.buf.push('"');
+        let start = line.buf.len();
+        write_msg(&mut line.buf);
+        if !is_clean(&line.buf.as_bytes()[start..]) {
+            let raw = line.buf.split_off(start);
+            line.buf.pop();
+            escape_into(&mut line.buf, &raw);
+        } else {
+            line.buf.push('"');
+        }
         line
     }
 
@@ -139,6 +156,15 @@ impl JsonLine {
             self.buf.push_str("\":");
         }
         self.comma = true;
+    }
+
+    /// Members already rendered as JSON (`"key":"value"`, comma-separated): by [`rendered`]
+    /// for values that repeat line after line (the route, the endpoint), or a literal for
+    /// fixed ones. One copy instead of a key and an escape each.
+    pub fn members(&mut self, json: &str) -> &mut Self {
+        self.key("");
+        self.buf.push_str(json);
+        self
     }
 
     /// A string member (escaped).
@@ -253,6 +279,33 @@ impl JsonLine {
             SPARE_LINE.set(std::mem::take(&mut self.buf));
         }
     }
+}
+
+/// String members rendered once as JSON (`"route":"default","upstream":"app"`), to be
+/// written into many lines with [`JsonLine::rendered`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered(Box<str>);
+
+impl std::ops::Deref for Rendered {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Renders string members, in order, the way [`JsonLine::str`] writes them.
+pub fn rendered(members: &[(&str, &str)]) -> Rendered {
+    let mut buf = String::new();
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            buf.push(',');
+        }
+        buf.push('"');
+        buf.push_str(key);
+        buf.push_str("\":");
+        escape_into(&mut buf, value);
+    }
+    Rendered(buf.into_boxed_str())
 }
 
 /// Now, as the `ts` of a line.
@@ -632,6 +685,38 @@ mod tests {
             lower_hex_into(&mut out, value);
             assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{value:032x}"));
         }
+    }
+
+    #[test]
+    fn written_messages_and_rendered_members_read_like_escaped_strings() {
+        let msg = "GET /quote\"back\\slash\n answered 200";
+        for text in [msg, "GET / answered 200 by app in 4µs.", ""] {
+            let built = JsonLine::new(Level::INFO, "access", text);
+            let written = JsonLine::new_with(Level::INFO, "access", |buf| buf.push_str(text));
+            // Same line but for the timestamp's milliseconds.
+            let msg_of = |l: &JsonLine| l.as_str()[l.as_str().find("\"level\"").unwrap()..].to_owned();
+            assert_eq!(msg_of(&written), msg_of(&built), "{text:?}");
+        }
+        let members = rendered(&[("route", "a\"b"), ("upstream", "app")]);
+        let mut by_members = JsonLine::new(Level::INFO, "access", "m");
+        by_members.members(&members).end_object();
+        let mut by_str = JsonLine::new(Level::INFO, "access", "m");
+        by_str.str("route", "a\"b").str("upstream", "app").end_object();
+        let tail = |l: &JsonLine| l.as_str()[l.as_str().find("\"route\"").unwrap()..].to_owned();
+        assert_eq!(tail(&by_members), tail(&by_str));
+        let mut nested = JsonLine::new(Level::INFO, "access", "m");
+        nested
+            .begin_array("a")
+            .begin_object("")
+            .members(r#""x":1"#)
+            .members(r#""y":2"#)
+            .end_object();
+        nested.end_array();
+        assert!(
+            nested.as_str().ends_with(r#""a":[{"x":1,"y":2}]"#),
+            "{}",
+            nested.as_str()
+        );
     }
 
     #[test]
