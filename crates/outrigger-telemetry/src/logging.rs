@@ -145,6 +145,10 @@ impl JsonLine {
     }
 
     /// `"key":` (or nothing, for an array element), after a comma when one is due.
+    // This and the member writers are inlined so that each key is a literal of known length
+    // where it is written: its copy becomes a few stores instead of a call to `memcpy`
+    // (about 60 instructions a member otherwise, a fifth of the line).
+    #[inline(always)]
     fn key(&mut self, key: &str) {
         if self.comma {
             self.buf.push(',');
@@ -168,6 +172,7 @@ impl JsonLine {
     }
 
     /// A string member (escaped).
+    #[inline(always)]
     pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
         escape_into(&mut self.buf, value);
@@ -175,6 +180,7 @@ impl JsonLine {
     }
 
     /// A string member holding `value` as `digits` lowercase hex digits (at most 32).
+    #[inline(always)]
     pub fn hex(&mut self, key: &str, value: u128, digits: usize) -> &mut Self {
         self.key(key);
         // The quotes and the digits go in as one piece.
@@ -187,6 +193,7 @@ impl JsonLine {
     }
 
     /// An unsigned integer member.
+    #[inline(always)]
     pub fn uint(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
         self.buf.push_str(itoa::Buffer::new().format(value));
@@ -206,6 +213,7 @@ impl JsonLine {
 
     /// A number of milliseconds given in whole microseconds (`4.124`): the same text as
     /// [`JsonLine::num`] with `micros as f64 / 1000.0`, without float formatting.
+    #[inline(always)]
     pub fn millis(&mut self, key: &str, micros: u64) -> &mut Self {
         self.key(key);
         if micros < MILLIS_EXACT {
@@ -336,14 +344,12 @@ fn push_timestamp(buf: &mut String, t: SystemTime) {
         buf.push_str(prefix);
     });
     let millis = since_epoch.subsec_millis();
-    let digits = [
-        b'.',
-        b'0' + (millis / 100) as u8,
-        b'0' + (millis / 10 % 10) as u8,
-        b'0' + (millis % 10) as u8,
-        b'Z',
-    ];
-    buf.push_str(std::str::from_utf8(&digits).unwrap_or(".000Z"));
+    let digit = |d: u32| char::from(b'0' + (d % 10) as u8);
+    buf.push('.');
+    buf.push(digit(millis / 100));
+    buf.push(digit(millis / 10));
+    buf.push(digit(millis));
+    buf.push('Z');
 }
 
 /// Whether `b` must be escaped inside a JSON string.
@@ -422,19 +428,15 @@ fn push_millis(buf: &mut String, micros: u64) {
         buf.push('0');
         return;
     }
-    let three = [
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ];
-    let keep = if frac.is_multiple_of(100) {
-        1
-    } else if frac.is_multiple_of(10) {
-        2
-    } else {
-        3
-    };
-    buf.push_str(std::str::from_utf8(&three[..keep]).unwrap_or("0"));
+    // Digit by digit: `from_utf8` on three bytes cost more than the rest of the number.
+    let digit = |d: u64| char::from(b'0' + (d % 10) as u8);
+    buf.push(digit(frac / 100));
+    if !frac.is_multiple_of(100) {
+        buf.push(digit(frac / 10));
+        if !frac.is_multiple_of(10) {
+            buf.push(digit(frac));
+        }
+    }
 }
 
 /// Lines waiting to be written. Access lines gather here and go out in batches (when 64 KiB
