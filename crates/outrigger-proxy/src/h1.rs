@@ -269,21 +269,21 @@ where
         out.push(b' ');
         out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut field = |name: &HeaderName, value: &HeaderValue| {
-            out.extend_from_slice(name.as_str().as_bytes());
+        let mut field = |name: &str, value: &[u8]| {
+            out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         };
         for (name, value) in &parts.headers {
             // The framing headers are ours to write (hop-by-hop `Transfer-Encoding` is gone
             // already; the length is checked against the body as it is sent).
             if name != TRANSFER_ENCODING && name != CONTENT_LENGTH {
-                field(name, value);
+                field(name.as_str(), value.as_bytes());
             }
         }
         if let Some(added) = added {
-            added.each(|name, value| field(&name, value));
+            added.each(field);
         }
         match (framing, length) {
             (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),

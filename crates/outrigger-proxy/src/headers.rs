@@ -238,8 +238,8 @@ pub struct Added {
     pub forwarded_proto: Option<HeaderValue>,
     /// `forwarded`: the client's list with this hop's element appended.
     pub forwarded: Option<HeaderValue>,
-    /// `traceparent`: each attempt's own.
-    pub traceparent: Option<HeaderValue>,
+    /// `traceparent`: each attempt's own, kept as its bytes (HTTP/1.1 writes them as they are).
+    pub traceparent: Option<crate::trace::TraceParent>,
     /// `tracestate`, forwarded with a valid inbound `traceparent`.
     pub tracestate: Option<HeaderValue>,
     /// `grpc-timeout`: the time left, per attempt.
@@ -275,29 +275,41 @@ impl Added {
         };
     }
 
-    /// Calls `f` with each field that is set, in a fixed order.
-    pub fn each(&self, mut f: impl FnMut(HeaderName, &HeaderValue)) {
-        let fields = [
-            (X_REQUEST_ID, &self.request_id),
-            (X_FORWARDED_FOR, &self.forwarded_for),
-            (X_FORWARDED_PROTO, &self.forwarded_proto),
-            (FORWARDED, &self.forwarded),
-            (crate::trace::TRACEPARENT, &self.traceparent),
-            (crate::trace::TRACESTATE, &self.tracestate),
-            (GRPC_TIMEOUT, &self.grpc_timeout),
-        ];
-        for (name, value) in fields {
+    /// The fields held as header values, in the order they are written.
+    fn values(&self) -> [(HeaderName, Option<&HeaderValue>); 6] {
+        [
+            (X_REQUEST_ID, self.request_id.as_ref()),
+            (X_FORWARDED_FOR, self.forwarded_for.as_ref()),
+            (X_FORWARDED_PROTO, self.forwarded_proto.as_ref()),
+            (FORWARDED, self.forwarded.as_ref()),
+            (crate::trace::TRACESTATE, self.tracestate.as_ref()),
+            (GRPC_TIMEOUT, self.grpc_timeout.as_ref()),
+        ]
+    }
+
+    /// Calls `f` with the name and value of each field that is set, in a fixed order
+    /// (`traceparent` last).
+    pub fn each(&self, mut f: impl FnMut(&str, &[u8])) {
+        for (name, value) in self.values() {
             if let Some(v) = value {
-                f(name, v);
+                f(name.as_str(), v.as_bytes());
             }
+        }
+        if let Some(tp) = &self.traceparent {
+            f(crate::trace::TRACEPARENT.as_str(), tp.as_bytes());
         }
     }
 
     /// Puts the fields into a header map (HTTP/2, whose client takes a map).
     pub fn insert_into(&self, headers: &mut HeaderMap) {
-        self.each(|name, value| {
-            headers.insert(name, value.clone());
-        });
+        for (name, value) in self.values() {
+            if let Some(v) = value {
+                headers.insert(name, v.clone());
+            }
+        }
+        if let Some(tp) = &self.traceparent {
+            headers.insert(crate::trace::TRACEPARENT, tp.to_header_value());
+        }
     }
 }
 

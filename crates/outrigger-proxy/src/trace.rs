@@ -33,6 +33,24 @@ pub struct TraceContext {
     pub rejected: bool,
 }
 
+/// A version-00 `traceparent` value (55 ASCII characters), kept as bytes: HTTP/1.1 writes
+/// it as it is, with no header value to allocate and check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceParent([u8; 55]);
+
+impl TraceParent {
+    /// The value as written.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value as a header value (for HTTP/2).
+    pub fn to_header_value(&self) -> HeaderValue {
+        // Hex digits, dashes and zeros only: always a valid value.
+        HeaderValue::from_bytes(&self.0).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
 fn nonzero_u64() -> u64 {
     loop {
         let v = fastrand::u64(..);
@@ -163,20 +181,17 @@ impl TraceContext {
     }
 
     /// A `traceparent` for one upstream attempt: same trace, a new span id (the attempt's
-    /// client span), the sampled flag kept. Returns the header and the new span id.
-    pub fn child(&self) -> (HeaderValue, u64) {
+    /// client span), the sampled flag kept. Returns the value and the new span id.
+    pub fn child(&self) -> (TraceParent, u64) {
         let span = nonzero_u64();
-        // `00-<trace>-<span>-<flags>`, written in place: one allocation (the header's own).
+        // `00-<trace>-<span>-<flags>`, written in place: no allocation.
         let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
         lower_hex_into(&mut buf[3..35], self.trace_id);
         lower_hex_into(&mut buf[36..52], u128::from(span));
         if self.sampled {
             buf[54] = b'1';
         }
-        (
-            HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("")),
-            span,
-        )
+        (TraceParent(buf), span)
     }
 
     /// Sets the propagation fields of one upstream attempt: the child `traceparent`, and
@@ -256,7 +271,7 @@ mod tests {
         assert_ne!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         // The orphaned `tracestate` is not forwarded, and a retry clears the one before.
         cx.inject(&mut added);
-        assert!(added.tracestate.is_none() && added.traceparent.unwrap() != "garbage");
+        assert!(added.tracestate.is_none() && added.traceparent.unwrap().as_bytes() != b"garbage");
     }
 
     #[test]
