@@ -105,6 +105,68 @@ async fn hanging_upstream_is_504_upstream_timeout_at_the_route_timeout() {
     );
 }
 
+/// One request on an open client connection; the status and how long the answer took.
+async fn timed_exchange(s: &mut tokio::net::TcpStream) -> (u16, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the head and the body it announces are in.
+    loop {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the proxy closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            if got.len() >= end + 4 + length {
+                return (text[9..12].parse().unwrap(), started.elapsed());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn attempt_timeouts_hold_for_every_request_of_a_kept_alive_connection() {
+    // A connection's attempts share one timer, reset per attempt: after it fired, after it
+    // was moved later and after a success, each request still gets its whole timeout.
+    let up = Upstream::start(Mode::Hang).await;
+    let routes = "  - {name: slow, match: {path_prefix: /}, upstream: app, timeout: 300ms}\n";
+    let proxy = Outrigger::start(&config(&[up.addr()], routes));
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound()).await.unwrap();
+    let (status, took) = timed_exchange(&mut s).await;
+    assert!(
+        status == 504 && took >= Duration::from_millis(300),
+        "{status} after {took:?}"
+    );
+    up.set_mode(Mode::Delay(Duration::from_millis(150)));
+    let (status, took) = timed_exchange(&mut s).await;
+    assert!(
+        status == 200 && took >= Duration::from_millis(150),
+        "{status} after {took:?}"
+    );
+    up.set_mode(Mode::Ok);
+    assert_eq!(timed_exchange(&mut s).await.0, 200);
+    // The pooled upstream connection now answers too late (a raw hang would only apply to
+    // a new one).
+    up.set_mode(Mode::Delay(Duration::from_secs(5)));
+    for _ in 0..2 {
+        let (status, took) = timed_exchange(&mut s).await;
+        assert!(
+            status == 504 && took >= Duration::from_millis(300),
+            "{status} after {took:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn slow_upstream_within_the_timeout_succeeds() {
     let up = Upstream::start(Mode::Delay(Duration::from_millis(100))).await;

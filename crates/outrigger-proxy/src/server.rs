@@ -99,6 +99,7 @@ pub(crate) async fn accept_loop(
             peer,
             active: Arc::new(AtomicUsize::new(0)),
             forwarding: crate::headers::Forwarding::new(peer.ip(), "http"),
+            attempt_timer: std::sync::Mutex::new(None),
         });
         tokio::spawn(serve_connection(
             stream,
