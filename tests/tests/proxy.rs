@@ -123,6 +123,22 @@ async fn http2_prior_knowledge_works_end_to_end() {
     );
     let line = proxy.access_log(reply.header("x-request-id")).await;
     assert_eq!(line["protocol"], "HTTP/2");
+    // Request ids go out never-indexed (HPACK): each response on the connection still
+    // carries its own.
+    let client = http2_client();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let reply = send(
+            &client,
+            http::Request::get(proxy.url("/")).body(Full::default()).unwrap(),
+        )
+        .await;
+        let id = reply.header("x-request-id").to_owned();
+        assert_eq!(proxy.access_log(&id).await["protocol"], "HTTP/2");
+        ids.push(id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}");
 }
 
 #[tokio::test]

@@ -183,7 +183,10 @@ async fn respond(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<crate::body::ResponseBody>, Infallible> {
     let carried = crate::headers::carried(req.headers());
-    let (id, version) = (crate::headers::request_id_of(req.headers(), carried), req.version());
+    let (mut id, version) = (crate::headers::request_id_of(req.headers(), carried), req.version());
+    // Marked never-indexed for HPACK: a value unique to each request only churns the HTTP/2
+    // header tables (HTTP/2 cost 4.9 % fewer instructions per request, instructions.sh h2).
+    id.set_sensitive(true);
     // A bug in one request must not take the connection, let alone the proxy, down. Each
     // poll is guarded in place: wrapping the future (`catch_unwind()`) moved its ~3 KiB
     // state four times per request.
