@@ -149,7 +149,7 @@ pub struct ConnCtx {
     /// The forwarding header values for this peer, made once.
     pub forwarding: headers::Forwarding,
     /// The timer of this connection's attempts, kept between them ([`ConnCtx::attempt_timer`]).
-    pub attempt_timer: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
+    pub(crate) attempt_timer: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 impl ConnCtx {
@@ -533,20 +533,20 @@ impl Shared {
             let took = finished.saturating_duration_since(started);
             drop(in_flight);
 
-            let (tried, conn_info) = match sent.ok_or(()) {
-                Err(()) => {
+            let (tried, conn_info) = match sent {
+                None => {
                     let after = per_try.unwrap_or(budget);
                     (
                         Tried::Failed(located(ErrorKind::UpstreamTimeout { after }, &route)),
                         None,
                     )
                 }
-                Ok(Err(f)) => {
+                Some(Err(f)) => {
                     let mut err = located(f.kind, &route);
                     err.endpoint = Some(endpoint.pool.label().to_owned());
                     (Tried::Failed(err), f.conn)
                 }
-                Ok(Ok(answer)) => {
+                Some(Ok(answer)) => {
                     let conn = answer.conn;
                     (Tried::Answered(answer), Some(conn))
                 }

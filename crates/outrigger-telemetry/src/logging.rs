@@ -406,15 +406,30 @@ fn escape_into(buf: &mut String, s: &str) {
 /// Writes the low `4 × out.len()` bits of `value` into `out` as lowercase hex digits,
 /// zero-padded (trace and span ids, without going through `fmt`).
 pub fn lower_hex_into(out: &mut [u8], value: u128) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // From the last digit back, shifting by a constant: a variable shift of a u128 per digit
-    // cost more than the rest of the line's numbers.
+    // From the last digit back, a byte (two digits) at a time and shifting by a constant: a
+    // variable shift of a u128 per digit cost more than the rest of the line's numbers.
     let mut rest = value;
-    for slot in out.iter_mut().rev() {
-        *slot = HEX[(rest & 0xf) as usize];
-        rest >>= 4;
+    let mut pairs = out.rchunks_exact_mut(2);
+    for pair in &mut pairs {
+        pair.copy_from_slice(&HEX_PAIRS[(rest & 0xff) as usize]);
+        rest >>= 8;
+    }
+    if let [digit] = pairs.into_remainder() {
+        *digit = HEX_PAIRS[(rest & 0xf) as usize][1];
     }
 }
+
+/// Every byte value as its two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let hex = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [hex[i >> 4], hex[i & 0xf]];
+        i += 1;
+    }
+    table
+};
 
 /// Appends `micros / 1000` as the shortest decimal that reads back as the same `f64`, the
 /// way a float formatter would print the millisecond figures of an access line
@@ -681,6 +696,17 @@ mod tests {
             assert_eq!(std::str::from_utf8(&out).unwrap(), &want[want.len() - digits..]);
         }
         let mut rng = fastrand::Rng::with_seed(3);
+        let value = rng.u128(..);
+        for digits in 0..=32 {
+            let mut out = vec![0u8; digits];
+            lower_hex_into(&mut out, value);
+            let want = format!("{value:032x}");
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                &want[32 - digits..],
+                "{digits} digits"
+            );
+        }
         for _ in 0..10_000 {
             let value = rng.u128(..);
             let mut out = [0u8; 32];
