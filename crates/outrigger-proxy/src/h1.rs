@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, RequestBody};
-use crate::headers::Added;
+use crate::headers::{Added, list_items};
 use crate::net::Socket;
 
 /// The read buffer a connection starts with.
@@ -242,7 +242,7 @@ where
     /// a retry); nothing is written until the exchange is polled. `parts` must carry an
     /// origin-form URI and a `Host` header.
     /// `added`: the fields this proxy sets, written after the client's ([`Added`]).
-    pub(crate) fn new(mut conn: Box<Conn>, parts: &http::request::Parts, added: Option<&Added>, body: B) -> Self {
+    pub(crate) fn new(mut conn: Box<Conn>, parts: &http::request::Parts, added: &Added, body: B) -> Self {
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -282,9 +282,7 @@ where
                 field(name.as_str(), value.as_bytes());
             }
         }
-        if let Some(added) = added {
-            added.each(field);
-        }
+        added.each(field);
         match (framing, length) {
             (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             (Framing::Length(_), Some(n)) => {
@@ -811,7 +809,7 @@ impl HeadFacts {
     /// and `keep-alive`, so it names no other field to remove and can be left out.
     fn connection(&mut self, value: &[u8]) -> bool {
         let mut only_framing = true;
-        for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        for token in list_items(value) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -828,8 +826,8 @@ impl HeadFacts {
         if self.length_problem.is_some() {
             return;
         }
-        for part in value.split(|b| *b == b',') {
-            let Some(n) = std::str::from_utf8(part.trim_ascii()).ok().and_then(digits) else {
+        for part in list_items(value) {
+            let Some(n) = std::str::from_utf8(part).ok().and_then(digits) else {
                 self.length_problem = Some("the Content-Length is not a number");
                 return;
             };
@@ -982,7 +980,7 @@ mod tests {
         B: Body<Data = Bytes, Error = BoxError> + Unpin,
     {
         let (parts, body) = req.into_parts();
-        Exchange::new(conn, &parts, None, body)
+        Exchange::new(conn, &parts, &Added::default(), body)
     }
 
     fn request<B>(method: &str, path: &str, body: B) -> Request<B> {

@@ -94,13 +94,17 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Whether a `Connection` header lists `token` (case-insensitively).
 pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    // On bytes: a token is ASCII, and checking the value is text first cost more than the
-    // rest of this (it runs on every upstream response).
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| list_items(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+}
+
+/// The elements of a comma-separated field value (`Connection`, `Content-Length`), trimmed;
+/// empty ones included. On bytes: the tokens that matter are ASCII, and checking that a
+/// value is text first cost more than the rest (it runs on every upstream response).
+pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Proxy-Connection`,

@@ -172,7 +172,7 @@ impl EndpointPool {
                 },
             ),
         };
-        match h1::Exchange::new(conn, head, Some(added), body).response().await {
+        match h1::Exchange::new(conn, head, added, body).response().await {
             Ok(resp) => {
                 let pool = (!resp.body().is_upgrade()).then(|| self.clone());
                 Ok((resp.map(|exchange| UpstreamBody::http1(exchange, pool)), info))

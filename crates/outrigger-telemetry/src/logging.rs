@@ -135,6 +135,8 @@ impl JsonLine {
         let start = line.buf.len();
         write_msg(&mut line.buf);
         if !is_clean(&line.buf.as_bytes()[start..]) {
+            // Rare (a quote or control character in the path): take the message back out,
+            // with its opening quote, and write it escaped.
             let raw = line.buf.split_off(start);
             line.buf.pop();
             escape_into(&mut line.buf, &raw);
@@ -290,7 +292,7 @@ impl JsonLine {
 }
 
 /// String members rendered once as JSON (`"route":"default","upstream":"app"`), to be
-/// written into many lines with [`JsonLine::rendered`].
+/// written into many lines with [`JsonLine::members`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered(Box<str>);
 
@@ -303,17 +305,14 @@ impl std::ops::Deref for Rendered {
 
 /// Renders string members, in order, the way [`JsonLine::str`] writes them.
 pub fn rendered(members: &[(&str, &str)]) -> Rendered {
-    let mut buf = String::new();
-    for (i, (key, value)) in members.iter().enumerate() {
-        if i > 0 {
-            buf.push(',');
-        }
-        buf.push('"');
-        buf.push_str(key);
-        buf.push_str("\":");
-        escape_into(&mut buf, value);
+    let mut line = JsonLine {
+        buf: String::new(),
+        comma: false,
+    };
+    for (key, value) in members {
+        line.str(key, value);
     }
-    Rendered(buf.into_boxed_str())
+    Rendered(line.buf.into_boxed_str())
 }
 
 /// Now, as the `ts` of a line.
