@@ -139,9 +139,9 @@ impl Conn {
 
     /// Takes `n` buffered bytes as a body chunk. Copied, so the read buffer stays the
     /// connection's own and is reused (splitting off a shared buffer, as hyper does, costs
-    /// a fresh read buffer per read instead).
+    /// a fresh read buffer per read instead); short chunks are carved from a shared one.
     fn take(&mut self, n: usize) -> Bytes {
-        let chunk = Bytes::copy_from_slice(&self.buf[self.start..self.start + n]);
+        let chunk = crate::arena::copy(&self.buf[self.start..self.start + n]);
         self.consume(n);
         chunk
     }
@@ -373,7 +373,7 @@ where
             };
             // One copy of the head; every header value is a slice of it.
             let base = buffered.as_ptr() as usize;
-            let head = Bytes::copy_from_slice(&buffered[..len]);
+            let head = crate::arena::copy(&buffered[..len]);
             let mut headers = HeaderMap::with_capacity(parsed.headers.len());
             let mut facts = HeadFacts::default();
             for h in parsed.headers.iter() {

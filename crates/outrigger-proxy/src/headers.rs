@@ -83,8 +83,9 @@ pub fn request_id_of(headers: &HeaderMap, carried: Carried) -> HeaderValue {
         .with(|context| uuid::Uuid::new_v7(uuid::Timestamp::now(context)))
         .hyphenated()
         .encode_lower(&mut buf);
-    // A hyphenated UUID is always a valid header value.
-    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // A hyphenated UUID is always a valid header value. Carved, not allocated: see `arena`.
+    HeaderValue::from_maybe_shared(crate::arena::copy(id.as_bytes()))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` + `Upgrade`).

@@ -5,6 +5,7 @@
 //! itself reads top to bottom in [`stack`].
 
 mod admin;
+mod arena;
 pub mod balance;
 pub mod body;
 pub mod circuit;
