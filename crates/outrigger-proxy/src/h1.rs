@@ -381,19 +381,30 @@ where
                 // hop-by-hop ones that carry nothing else (`Connection: keep-alive`,
                 // `Keep-Alive`) stay out of the map, which would only drop them again.
                 let raw = h.name.as_bytes();
-                if raw.eq_ignore_ascii_case(b"connection") {
-                    if facts.connection(h.value) {
-                        continue;
+                let name = match raw.len() {
+                    10 if is_named(raw, b"connection") => {
+                        if facts.connection(h.value) {
+                            continue;
+                        }
+                        http::header::CONNECTION
                     }
-                } else if raw.eq_ignore_ascii_case(b"keep-alive") {
-                    continue;
-                } else if raw.eq_ignore_ascii_case(b"content-length") {
-                    facts.content_length(h.value);
-                } else if raw.eq_ignore_ascii_case(b"transfer-encoding") {
-                    facts.transfer_encoding = true;
-                }
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| Error::Protocol("a header name is not valid"))?;
+                    10 if is_named(raw, b"keep-alive") => continue,
+                    14 if is_named(raw, b"content-length") => {
+                        facts.content_length(h.value);
+                        CONTENT_LENGTH
+                    }
+                    17 if is_named(raw, b"transfer-encoding") => {
+                        facts.transfer_encoding = true;
+                        TRANSFER_ENCODING
+                    }
+                    // The fields nearly every response carries, named without
+                    // `HeaderName::from_bytes` (about 115 instructions a field).
+                    4 if is_named(raw, b"date") => http::header::DATE,
+                    6 if is_named(raw, b"server") => http::header::SERVER,
+                    12 if is_named(raw, b"content-type") => http::header::CONTENT_TYPE,
+                    13 if is_named(raw, b"cache-control") => http::header::CACHE_CONTROL,
+                    _ => HeaderName::from_bytes(raw).map_err(|_| Error::Protocol("a header name is not valid"))?,
+                };
                 let at = h.value.as_ptr() as usize - base;
                 let value = HeaderValue::from_maybe_shared(head.slice(at..at + h.value.len()))
                     .map_err(|_| Error::Protocol("a header value is not valid"))?;
@@ -783,11 +794,23 @@ where
 
 /// A decimal made of digits only (RFC 9110's `1*DIGIT`: no sign, no spaces inside), as
 /// `u64`; `None` for anything else or an overflow.
-fn digits(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() {
         return None;
     }
-    text.parse().ok()
+    text.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
+/// Whether `raw` is `lower` (lower-case letters and `-`) in any case, for bytes httparse
+/// accepted in a head, which never include CR: a byte OR 0x20 is a lower-case letter only
+/// when it is that letter in either case, and `-` only when it is `-` or CR. Branch-free,
+/// unlike `eq_ignore_ascii_case` (eight instructions a byte).
+fn is_named(raw: &[u8], lower: &[u8]) -> bool {
+    raw.len() == lower.len() && raw.iter().zip(lower).fold(0u8, |diff, (r, l)| diff | ((r | 0x20) ^ l)) == 0
 }
 
 /// What a response head says about its own framing, gathered while its fields are read.
@@ -810,9 +833,9 @@ impl HeadFacts {
     fn connection(&mut self, value: &[u8]) -> bool {
         let mut only_framing = true;
         for token in list_items(value) {
-            if token.eq_ignore_ascii_case(b"close") {
+            if is_named(token, b"close") {
                 self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            } else if is_named(token, b"keep-alive") {
                 self.keep_alive = true;
             } else if !token.is_empty() {
                 only_framing = false;
@@ -827,7 +850,7 @@ impl HeadFacts {
             return;
         }
         for part in list_items(value) {
-            let Some(n) = std::str::from_utf8(part).ok().and_then(digits) else {
+            let Some(n) = digits(part) else {
                 self.length_problem = Some("the Content-Length is not a number");
                 return;
             };
@@ -1365,6 +1388,60 @@ mod tests {
         assert!(exchange.into_reusable().is_none());
     }
 
+    #[test]
+    fn names_match_in_any_case_and_nothing_else() {
+        // Every byte a head can hold (all but CR) at every position of every name or
+        // `Connection` token matched by hand.
+        let bytes: Vec<u8> = (0u8..=255).filter(|b| *b != b'\r').collect();
+        for lower in [
+            &b"close"[..],
+            b"connection",
+            b"keep-alive",
+            b"content-length",
+            b"transfer-encoding",
+            b"date",
+            b"server",
+            b"content-type",
+            b"cache-control",
+        ] {
+            assert!(is_named(&lower.to_ascii_uppercase(), lower));
+            for at in 0..lower.len() {
+                for &b in &bytes {
+                    let mut raw = lower.to_vec();
+                    raw[at] = b;
+                    assert_eq!(is_named(&raw, lower), raw.eq_ignore_ascii_case(lower), "{raw:?}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn response_fields_are_named_and_framed_whatever_their_case() {
+        let (resp, _) = exchange_with(
+            request("GET", "/", empty()),
+            b"HTTP/1.1 200 OK\r\nSERVER: up\r\nDate: today\r\nContent-TYPE: text/plain\r\nX-Length-Of-It: 9\r\nCONTENT-LENGTH: 3\r\n\r\nabc",
+        )
+        .await;
+        let resp = resp.unwrap();
+        let h = resp.headers();
+        assert_eq!(h.get(http::header::SERVER).unwrap(), "up");
+        assert_eq!(h.get(http::header::DATE).unwrap(), "today");
+        assert_eq!(h.get(http::header::CONTENT_TYPE).unwrap(), "text/plain");
+        assert_eq!(h.get("x-length-of-it").unwrap(), "9");
+        assert_eq!(h.get(CONTENT_LENGTH).unwrap(), "3");
+        let (body, exchange) = body_of(resp).await;
+        assert_eq!(&body.unwrap().0[..], b"abc");
+        assert!(exchange.into_reusable().is_some());
+
+        let (resp, _) = exchange_with(
+            request("GET", "/", empty()),
+            b"HTTP/1.1 200 OK\r\nTransfer-ENCODING: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        .await;
+        let (body, _) = body_of(resp.unwrap()).await;
+        assert_eq!(&body.unwrap().0[..], b"ok");
+    }
+
     #[tokio::test]
     async fn the_request_body_keeps_flowing_while_the_response_streams() {
         // An echo: the upstream answers at once and sends back each piece as it arrives, so
@@ -1596,6 +1673,20 @@ mod tests {
     #[test]
     fn chunk_sizes_are_lower_case_hex_without_leading_zeros() {
         let mut buf = [0u8; 16];
+        for (text, n) in [
+            (&b"0"[..], Some(0)),
+            (b"007", Some(7)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"", None),
+            (b"+1", None),
+            (b"-1", None),
+            (b" 1", None),
+            (b"1a", None),
+            (b"1 2", None),
+        ] {
+            assert_eq!(digits(text), n, "{}", String::from_utf8_lossy(text));
+        }
         assert_eq!(hex_digits(0, &mut buf), b"0");
         assert_eq!(hex_digits(26, &mut buf), b"1a");
         assert_eq!(hex_digits(0x10000, &mut buf), b"10000");

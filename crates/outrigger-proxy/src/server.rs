@@ -190,8 +190,7 @@ async fn respond(
     // A bug in one request must not take the connection, let alone the proxy, down. Each
     // poll is guarded in place: wrapping the future (`catch_unwind()`) moved its ~3 KiB
     // state four times per request.
-    let handling = shared.clone().handle(req, ctx, id.clone(), carried);
-    let mut handling = std::pin::pin!(handling);
+    let mut handling = std::pin::pin!(shared.clone().handle(req, ctx, id.clone(), carried));
     let guarded =
         std::future::poll_fn(
             |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx))) {
