@@ -243,25 +243,6 @@ where
     /// origin-form URI and a `Host` header.
     /// `added`: the fields this proxy sets, written after the client's ([`Added`]).
     pub(crate) fn new(mut conn: Box<Conn>, parts: &http::request::Parts, added: &Added, body: B) -> Self {
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let empty = body.is_end_stream();
-        // The length header written: the client's when it gave one, else the body's exact size
-        // when known; chunked otherwise. RFC 9110 §8.6: a request whose method gives content a
-        // meaning says its length even when it is zero.
-        let (framing, length) = if empty {
-            let meaningful = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
-            (Framing::Length(0), (declared.is_some() || meaningful).then_some(0))
-        } else {
-            match declared.or(body.size_hint().exact()) {
-                Some(n) => (Framing::Length(n), Some(n)),
-                None => (Framing::Chunked, None),
-            }
-        };
-
         let out = &mut conn.out;
         out.clear();
         conn.out_pos = 0;
@@ -275,14 +256,31 @@ where
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         };
+        let mut declared = None;
         for (name, value) in &parts.headers {
             // The framing headers are ours to write (hop-by-hop `Transfer-Encoding` is gone
             // already; the length is checked against the body as it is sent).
-            if name != TRANSFER_ENCODING && name != CONTENT_LENGTH {
+            if name == CONTENT_LENGTH {
+                declared = declared.or_else(|| digits(value.as_bytes().trim_ascii()));
+            } else if name != TRANSFER_ENCODING {
                 field(name.as_str(), value.as_bytes());
             }
         }
         added.each(field);
+
+        let empty = body.is_end_stream();
+        // The length header written: the client's when it gave one, else the body's exact size
+        // when known; chunked otherwise. RFC 9110 §8.6: a request whose method gives content a
+        // meaning says its length even when it is zero.
+        let (framing, length) = if empty {
+            let meaningful = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+            (Framing::Length(0), (declared.is_some() || meaningful).then_some(0))
+        } else {
+            match declared.or(body.size_hint().exact()) {
+                Some(n) => (Framing::Length(n), Some(n)),
+                None => (Framing::Chunked, None),
+            }
+        };
         match (framing, length) {
             (Framing::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
             (Framing::Length(_), Some(n)) => {

@@ -247,7 +247,8 @@ impl Completion {
             trace,
             waited: Duration::ZERO,
             head_at: None,
-            wants_html: crate::error::wants_html(req.headers().get(http::header::ACCEPT)),
+            // Set by the caller, which knows whether the request has an `Accept` to read.
+            wants_html: false,
             admitted: None,
             body_error: None,
             body_code: None,

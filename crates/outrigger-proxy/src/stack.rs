@@ -322,7 +322,8 @@ impl Shared {
         // --- context ---
         let trace = TraceContext::from_request(req.headers(), carried, self.accept_b3, self.sample_ratio);
         let mut done = Completion::start(self.clone(), &req, request_id.clone(), trace, conn.active.clone());
-        let grpc = is_grpc(req.headers());
+        done.wants_html = carried.accept && crate::error::wants_html(req.headers().get(http::header::ACCEPT));
+        let grpc = carried.content_type && is_grpc(req.headers());
         let Some(listener) = self.listeners.get(conn.listener) else {
             return self.fail(
                 done,
@@ -368,7 +369,10 @@ impl Shared {
         let authority = if absolute_form || req.version() == Version::HTTP_2 {
             req.uri().authority().map(|a| a.as_str())
         } else {
-            req.headers().get(HOST).and_then(|h| h.to_str().ok())
+            carried
+                .host
+                .then(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+                .flatten()
         };
         let (host, port) = authority
             .map(split_authority)
@@ -439,7 +443,7 @@ impl Shared {
             .unwrap_or_else(|| done.started() + Duration::from_secs(365 * 24 * 3600));
 
         // --- rewrite ---
-        let upgrading = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+        let upgrading = req.version() == Version::HTTP_11 && carried.upgrade && headers::is_upgrade(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut added = headers::Added::new(request_id.clone());
@@ -895,7 +899,7 @@ fn rewrite(
     role: Role,
     forwarding: &headers::Forwarding,
 ) {
-    if (absolute_form || !parts.headers.contains_key(HOST))
+    if (absolute_form || !carried.host)
         && let Some(a) = parts
             .uri
             .authority()

@@ -97,7 +97,8 @@ proptest! {
             proptest::sample::select(vec![
                 "x-request-id", "traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-flags",
                 "x-outrigger-fault", "host", "x-b3", "b3x", "tracestatex", "x-forwarded-for",
-                "x-forwarded-proto", "forwarded", "x-forwarded-host",
+                "x-forwarded-proto", "forwarded", "x-forwarded-host", "accept", "accept-encoding",
+                "content-type", "content-typex", "upgrade", "upgrade-insecure-requests", "hostx",
             ]).prop_map(str::to_owned),
             "[a-z][a-z0-9-]{0,20}",
         ], 0..10)
@@ -117,6 +118,10 @@ proptest! {
             b3,
             fault: h.contains_key("x-outrigger-fault"),
             forwarding: ["x-forwarded-for", "x-forwarded-proto", "forwarded"].iter().any(|n| h.contains_key(*n)),
+            host: h.contains_key("host"),
+            accept: h.contains_key("accept"),
+            content_type: h.contains_key("content-type"),
+            upgrade: h.contains_key("upgrade"),
         });
     }
 
