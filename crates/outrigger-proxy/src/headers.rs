@@ -91,8 +91,19 @@ pub fn request_id_of(headers: &HeaderMap, carried: Carried) -> HeaderValue {
         }
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    // `Timestamp::now` goes through a u128 of nanoseconds and divides it back (about 150
+    // instructions); it would also panic on a clock set before 1970.
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let id = ID_CONTEXT
-        .with(|context| uuid::Uuid::new_v7(uuid::Timestamp::now(context)))
+        .with(|context| {
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                context,
+                since_epoch.as_secs(),
+                since_epoch.subsec_nanos(),
+            ))
+        })
         .hyphenated()
         .encode_lower(&mut buf);
     // A hyphenated UUID is always a valid header value. Carved, not allocated: see `arena`.
