@@ -372,7 +372,7 @@ where
             // One copy of the head; every header value is a slice of it.
             let base = buffered.as_ptr() as usize;
             let head = crate::arena::copy(&buffered[..len]);
-            let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+            let mut headers = crate::headers::spare_map(parsed.headers.len());
             let mut facts = HeadFacts::default();
             for h in parsed.headers.iter() {
                 // The fields that decide the framing are read here, from the bytes; the

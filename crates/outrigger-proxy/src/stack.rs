@@ -716,6 +716,8 @@ impl Shared {
         }
 
         // --- respond ---
+        // The request's head is done with: its map serves a later response ([`headers::spare_map`]).
+        headers::recycle_map(std::mem::take(&mut parts.headers));
         let mut response = answer.response;
         if let Some(client_upgrade) = client_upgrade.filter(|_| status == StatusCode::SWITCHING_PROTOCOLS)
             && let Some(upstream_upgrade) = response.body_mut().take_upgrade()
