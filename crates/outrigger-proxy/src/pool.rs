@@ -156,8 +156,9 @@ impl EndpointPool {
         added: &crate::headers::Added,
         body: RequestBody,
         fresh_only: bool,
+        now: Instant,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
-        let (conn, info) = match if fresh_only { None } else { self.take_idle() } {
+        let (conn, info) = match if fresh_only { None } else { self.take_idle(now) } {
             Some(found) => found,
             None => (
                 // Boxed: connecting is rare on a warm pool, and unboxed its state would
@@ -271,11 +272,11 @@ impl EndpointPool {
 
     /// The most recently used idle connection that is still open and not too old.
     ///
-    /// Bounded work per request whatever the pool size: one clock read, expired connections
-    /// popped from the front, and a scan from the back that usually stops at the first entry
-    /// (a scan over the whole list cost 6 % of the CPU at 1,000 client connections).
-    fn take_idle(&self) -> Option<(Box<h1::Conn>, ConnInfo)> {
-        let now = Instant::now();
+    /// Bounded work per request whatever the pool size: no clock read (`now` is the attempt's
+    /// start), expired connections popped from the front, and a scan from the back that
+    /// usually stops at the first entry (a scan over the whole list cost 6 % of the CPU at
+    /// 1,000 client connections).
+    fn take_idle(&self, now: Instant) -> Option<(Box<h1::Conn>, ConnInfo)> {
         let mut idle = self.lock_idle();
         drop_expired(&mut idle, now, self.settings.idle_timeout);
         while let Some(found) = idle.pop_back() {

@@ -482,7 +482,8 @@ impl Shared {
         let tried = loop {
             let n = done.attempts_made() as u32 + 1;
             // One clock read per attempt start and one per attempt end: the breaker, the
-            // balancer, the latency baseline and the attempt timer take their time from these.
+            // balancer, the pool, the latency baseline and the attempt timer take their time
+            // from these.
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
             if remaining.is_zero() {
@@ -533,7 +534,8 @@ impl Shared {
                 &added,
                 body,
                 http2,
-                fresh_only
+                fresh_only,
+                started
             ));
             let sent = before(timer.as_mut(), work).await;
             conn.keep_attempt_timer(timer);

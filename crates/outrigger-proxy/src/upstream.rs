@@ -160,6 +160,7 @@ impl UpstreamRt {
         body: RequestBody,
         http2: bool,
         fresh_only: bool,
+        started: tokio::time::Instant,
     ) -> Result<AttemptResponse, AttemptFailure> {
         let result = if http2 {
             // hyper's client takes the request by value: the head is copied for it.
@@ -191,7 +192,7 @@ impl UpstreamRt {
             }
             pool.send_http2(req, fresh_only).await
         } else {
-            pool.send_http1(head, added, body, fresh_only).await
+            pool.send_http1(head, added, body, fresh_only, started).await
         };
         match result {
             Ok((response, conn)) => Ok(AttemptResponse { response, conn }),
