@@ -5,8 +5,8 @@
 //! Every request made three such copies, each a `malloc` and a `free`, and the first slice
 //! of each another `malloc` for the shared header the `bytes` crate puts in front of a
 //! buffer once it is shared. With 50 requests in flight glibc's per-thread cache runs dry
-//! and those calls cost about 1,000 instructions per request (`cg.sh` at c50). A carved
-//! copy costs a reference-count increment, and its drop a decrement.
+//! and those calls cost about 1,000 instructions per request (`benches/instructions.sh` with
+//! `h1c50`). A carved copy costs a reference-count increment, and its drop a decrement.
 //!
 //! A chunk is freed when its last copy is dropped, so one long-lived copy (the id of a
 //! request that streams for an hour) keeps at most one chunk alive: `CHUNK` bytes.
