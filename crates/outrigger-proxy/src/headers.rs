@@ -151,18 +151,27 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE) && connection_has(headers, "upgrade")
 }
 
-/// Whether a `Connection` header lists `token` (case-insensitively).
+/// Whether a `Connection` header lists `token` (lower-case; matched in any case).
 pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()
-        .any(|v| list_items(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(token.as_bytes())))
+        .any(|v| list_items(v.as_bytes()).any(|t| is_named(t, token.as_bytes())))
 }
 
-/// The elements of a comma-separated field value (`Connection`, `Content-Length`), trimmed;
-/// empty ones included. On bytes: the tokens that matter are ASCII, and checking that a
-/// value is text first cost more than the rest (it runs on every upstream response).
-pub(crate) fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// Whether `raw` is `lower` (lower-case letters and `-`) in any case, for the bytes of a field
+/// name or value as httparse and `http` accept them, which never include CR: a byte OR 0x20
+/// is a lower-case letter only when it is that letter in either case, and `-` only when it
+/// is `-` or CR. Branch-free, unlike `eq_ignore_ascii_case` (eight instructions a byte).
+pub(crate) fn is_named(raw: &[u8], lower: &[u8]) -> bool {
+    raw.len() == lower.len() && raw.iter().zip(lower).fold(0u8, |diff, (r, l)| diff | ((r | 0x20) ^ l)) == 0
+}
+
+/// The elements of a comma-separated field value (`Connection`, `Content-Length`,
+/// `Transfer-Encoding`), trimmed; empty ones included. On bytes: the tokens that matter are
+/// ASCII, and checking that a value is text first cost more than the rest (it runs on every
+/// upstream response).
+pub(crate) fn list_items(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
@@ -190,14 +199,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         for token in headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .filter(|v| v.to_str().is_ok())
+            .flat_map(|v| list_items(v.as_bytes()))
         {
-            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+            if is_named(token, b"keep-alive") || is_named(token, b"close") {
                 continue; // Keep-Alive is removed below; `close` names no header.
             }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 named.push(name);
             }
         }
@@ -405,6 +413,35 @@ pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_match_in_any_case_and_nothing_else() {
+        // Every byte a head can hold (all but CR) at every position of every name or token
+        // matched this way.
+        let bytes: Vec<u8> = (0u8..=255).filter(|b| *b != b'\r').collect();
+        for lower in [
+            &b"close"[..],
+            b"connection",
+            b"keep-alive",
+            b"content-length",
+            b"transfer-encoding",
+            b"chunked",
+            b"upgrade",
+            b"date",
+            b"server",
+            b"content-type",
+            b"cache-control",
+        ] {
+            assert!(is_named(&lower.to_ascii_uppercase(), lower));
+            for at in 0..lower.len() {
+                for &b in &bytes {
+                    let mut raw = lower.to_vec();
+                    raw[at] = b;
+                    assert_eq!(is_named(&raw, lower), raw.eq_ignore_ascii_case(lower), "{raw:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn spare_maps_come_back_empty_and_large_or_surplus_ones_are_let_go() {

@@ -215,6 +215,7 @@ impl Completion {
         shared: Arc<Shared>,
         req: &Request<Incoming>,
         request_id: HeaderValue,
+        carried: crate::headers::Carried,
         trace: crate::trace::TraceContext,
         conn_active: Arc<AtomicUsize>,
     ) -> Box<Self> {
@@ -247,8 +248,7 @@ impl Completion {
             trace,
             waited: Duration::ZERO,
             head_at: None,
-            // Set by the caller, which knows whether the request has an `Accept` to read.
-            wants_html: false,
+            wants_html: carried.accept && crate::error::wants_html(req.headers().get(http::header::ACCEPT)),
             admitted: None,
             body_error: None,
             body_code: None,

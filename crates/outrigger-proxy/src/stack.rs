@@ -321,8 +321,14 @@ impl Shared {
     ) -> Response<ResponseBody> {
         // --- context ---
         let trace = TraceContext::from_request(req.headers(), carried, self.accept_b3, self.sample_ratio);
-        let mut done = Completion::start(self.clone(), &req, request_id.clone(), trace, conn.active.clone());
-        done.wants_html = carried.accept && crate::error::wants_html(req.headers().get(http::header::ACCEPT));
+        let mut done = Completion::start(
+            self.clone(),
+            &req,
+            request_id.clone(),
+            carried,
+            trace,
+            conn.active.clone(),
+        );
         let grpc = carried.content_type && is_grpc(req.headers());
         let Some(listener) = self.listeners.get(conn.listener) else {
             return self.fail(
