@@ -760,6 +760,16 @@ where
         })
     }
 
+    /// Whether the whole response body (of a known length) is read already: the upstream
+    /// is done with the connection.
+    pub(crate) fn body_buffered(&self) -> bool {
+        match self.recv {
+            Recv::Length(n) => n <= self.conn.buffered().len() as u64,
+            Recv::Done => true,
+            _ => false,
+        }
+    }
+
     /// Whether this response switched protocols.
     pub(crate) fn is_upgrade(&self) -> bool {
         matches!(self.recv, Recv::Upgraded)

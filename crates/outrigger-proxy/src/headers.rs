@@ -81,11 +81,12 @@ pub fn carried(headers: &HeaderMap) -> Carried {
 /// of `[A-Za-z0-9._-]`, otherwise a new UUID v7 (time-ordered, so ids sort by arrival;
 /// within one millisecond, among the ids of one worker thread).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    request_id_of(headers, carried(headers))
+    request_id_of(headers, carried(headers), std::time::Instant::now())
 }
 
-/// [`request_id`], when the request's fields have been scanned already.
-pub fn request_id_of(headers: &HeaderMap, carried: Carried) -> HeaderValue {
+/// [`request_id`], when the request's fields have been scanned already and the request's
+/// arrival read off the clock: a new id's timestamp is that instant on the wall clock.
+pub fn request_id_of(headers: &HeaderMap, carried: Carried, arrived: std::time::Instant) -> HeaderValue {
     if carried.request_id
         && let Some(v) = headers.get(X_REQUEST_ID)
     {
@@ -98,11 +99,9 @@ pub fn request_id_of(headers: &HeaderMap, carried: Carried) -> HeaderValue {
         }
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    // `Timestamp::now` goes through a u128 of nanoseconds and divides it back (about 150
-    // instructions); it would also panic on a clock set before 1970.
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    // Not `Timestamp::now`: it goes through a u128 of nanoseconds and divides it back (about
+    // 150 instructions), panics on a clock set before 1970, and reads the clock again.
+    let since_epoch = crate::clock::wall_since_epoch(arrived);
     let id = ID_CONTEXT
         .with(|context| {
             uuid::Uuid::new_v7(uuid::Timestamp::from_unix(

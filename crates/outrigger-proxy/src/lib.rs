@@ -9,6 +9,7 @@ mod arena;
 pub mod balance;
 pub mod body;
 pub mod circuit;
+mod clock;
 pub mod error;
 pub mod fault;
 pub mod h1;

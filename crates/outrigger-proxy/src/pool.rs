@@ -294,11 +294,11 @@ impl EndpointPool {
         None
     }
 
-    fn checkin(&self, conn: Box<h1::Conn>) {
+    /// Keeps `conn`, idle since `now`, for a later request.
+    fn checkin(&self, conn: Box<h1::Conn>, now: Instant) {
         if self.settings.max_idle == 0 {
             return;
         }
-        let now = Instant::now();
         let mut idle = self.lock_idle();
         drop_expired(&mut idle, now, self.settings.idle_timeout);
         if idle.len() >= self.settings.max_idle {
@@ -338,6 +338,9 @@ enum Inner {
         exchange: h1::Exchange,
         /// Where the connection goes back to; `None` when it cannot be reused (an upgrade).
         pool: Option<Arc<EndpointPool>>,
+        /// When the body came whole with the head: the head's arrival, which the connection
+        /// is idle since (no clock read when the body ends). See [`UpstreamBody::headed_at`].
+        idle_from: Option<Instant>,
     },
     Http2(Incoming),
     /// The HTTP/1.1 body ended and its connection was handed back (or closed).
@@ -346,11 +349,28 @@ enum Inner {
 
 impl UpstreamBody {
     fn http1(exchange: h1::Exchange, pool: Option<Arc<EndpointPool>>) -> Self {
-        let mut body = UpstreamBody(Inner::Http1 { exchange, pool });
+        let mut body = UpstreamBody(Inner::Http1 {
+            exchange,
+            pool,
+            idle_from: None,
+        });
         if body.is_end_stream() && !body.is_upgrade() {
-            body.release();
+            body.release(Instant::now());
         }
         body
+    }
+
+    /// The response head arrived at `at` (the attempt's end, which the caller reads anyway):
+    /// a body that came whole with it leaves its connection idle from then on, and the pool
+    /// takes that time instead of reading the clock when the body has been read.
+    pub(crate) fn headed_at(&mut self, at: Instant) {
+        if let Inner::Http1 {
+            exchange, idle_from, ..
+        } = &mut self.0
+            && exchange.body_buffered()
+        {
+            *idle_from = Some(at);
+        }
     }
 
     fn http2(inner: Incoming) -> Self {
@@ -361,12 +381,13 @@ impl UpstreamBody {
         matches!(&self.0, Inner::Http1 { exchange, .. } if exchange.is_upgrade())
     }
 
-    /// Returns a finished HTTP/1.1 connection to its pool, when it can carry another request.
-    fn release(&mut self) {
-        if let Inner::Http1 { exchange, pool } = std::mem::replace(&mut self.0, Inner::Ended)
+    /// Returns a finished HTTP/1.1 connection to its pool, when it can carry another
+    /// request. `now`: when the body ended.
+    fn release(&mut self, now: Instant) {
+        if let Inner::Http1 { exchange, pool, .. } = std::mem::replace(&mut self.0, Inner::Ended)
             && let (Some(pool), Some(conn)) = (pool, exchange.into_reusable())
         {
-            pool.checkin(conn);
+            pool.checkin(conn, now);
         }
     }
 
@@ -390,12 +411,15 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.0 {
-            Inner::Http1 { exchange, .. } => {
+            Inner::Http1 {
+                exchange, idle_from, ..
+            } => {
+                let idle_from = *idle_from;
                 let frame = ready!(Pin::new(exchange).poll_frame(cx));
                 match &frame {
                     Some(Ok(_)) if !this.is_end_stream() => {}
                     // Ended, cleanly or not: `release` reuses the connection only when clean.
-                    _ => this.release(),
+                    _ => this.release(idle_from.unwrap_or_else(Instant::now)),
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }

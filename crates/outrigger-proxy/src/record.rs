@@ -218,6 +218,7 @@ impl Completion {
         carried: crate::headers::Carried,
         trace: crate::trace::TraceContext,
         conn_active: Arc<AtomicUsize>,
+        arrived: Instant,
     ) -> Box<Self> {
         conn_active.fetch_add(1, Ordering::Relaxed);
         // Only kept when spans are exported: one allocation the request path need not make.
@@ -231,7 +232,7 @@ impl Completion {
         // hyper keeps room for both in every connection, idle or not.
         Box::new(Completion {
             shared,
-            start: Instant::now(),
+            start: arrived,
             request_id,
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -285,7 +286,6 @@ impl Completion {
         }
     }
 
-    /// The response body was delivered (or broke off with `error`).
     /// When the request arrived.
     pub(crate) fn started(&self) -> Instant {
         self.start
@@ -540,8 +540,8 @@ impl Completion {
     /// One server span for the request and one client span per attempt, with the ids that
     /// went out in `traceparent` (so the upstream's spans hang under the right attempt).
     fn export_spans(&self, spans: &SpanQueue, duration: Duration, code: Option<&str>, class: Option<&str>) {
-        let end = SystemTime::now();
-        let start = end.checked_sub(duration).unwrap_or(end);
+        let start = crate::clock::wall_at(self.start.into_std());
+        let end = start + duration;
         let trace_id = TraceId::from(self.trace.trace_id);
         let server_id = SpanId::from(self.trace.span_id);
         let method = method_label(&self.method).0;

@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -138,8 +138,7 @@ async fn serve_connection(
     };
     let traffic = Arc::new(Traffic {
         moved: AtomicU64::new(0),
-        head_since: AtomicU64::new(0),
-        epoch: tokio::time::Instant::now(),
+        head_ticks: AtomicU32::new(0),
         active: ctx.active.clone(),
         time_heads: plain_http1,
     });
@@ -159,7 +158,7 @@ async fn serve_connection(
         // hyper keeps one boxed slot per connection for the request in progress.
         let service = service_fn(move |req| {
             // A whole head has arrived: its clock stops.
-            traffic.head_since.store(0, Ordering::Relaxed);
+            traffic.head_ticks.store(0, Ordering::Relaxed);
             respond(shared.clone(), ctx.clone(), req)
         });
         let conn = builder.http1.serve_connection(io, service).with_upgrades();
@@ -182,15 +181,20 @@ async fn respond(
     ctx: Arc<ConnCtx>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<crate::body::ResponseBody>, Infallible> {
+    // The request's one arrival reading: its record's start and its new id's timestamp.
+    let arrived = tokio::time::Instant::now();
     let carried = crate::headers::carried(req.headers());
-    let (mut id, version) = (crate::headers::request_id_of(req.headers(), carried), req.version());
+    let (mut id, version) = (
+        crate::headers::request_id_of(req.headers(), carried, arrived.into_std()),
+        req.version(),
+    );
     // Marked never-indexed for HPACK: a value unique to each request only churns the HTTP/2
     // header tables (HTTP/2 cost 4.9 % fewer instructions per request, instructions.sh h2).
     id.set_sensitive(true);
     // A bug in one request must not take the connection, let alone the proxy, down. Each
     // poll is guarded in place: wrapping the future (`catch_unwind()`) moved its ~3 KiB
     // state four times per request.
-    let mut handling = std::pin::pin!(shared.clone().handle(req, ctx, id.clone(), carried));
+    let mut handling = std::pin::pin!(shared.clone().handle(req, ctx, id.clone(), carried, arrived));
     let guarded =
         std::future::poll_fn(
             |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx))) {
@@ -244,14 +248,14 @@ struct Watch {
 }
 
 /// A connection's traffic as its watch sees it: kept up to date by the socket wrapper and
-/// the service with relaxed atomics, and a clock read only when a request head begins.
+/// the service with relaxed atomics, without a clock read (a head's age is counted in the
+/// watch's ticks).
 struct Traffic {
     /// Reads and writes that moved bytes.
     moved: AtomicU64,
-    /// When bytes arrived while no request was in flight (a head began), in milliseconds
-    /// since `epoch` plus one; zero while no head is being read.
-    head_since: AtomicU64,
-    epoch: tokio::time::Instant,
+    /// Zero while no request head is being read; once bytes arrived with no request in
+    /// flight (a head began), one plus the watch's ticks since.
+    head_ticks: AtomicU32,
     /// Requests in flight on the connection (kept by the request record).
     active: Arc<AtomicUsize>,
     /// Whether heads are timed (HTTP/1.1; an HTTP/2 connection reads frames between
@@ -260,25 +264,25 @@ struct Traffic {
 }
 
 impl Traffic {
-    fn millis(&self, now: tokio::time::Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// Bytes were read: when no request is in flight they are a new head's first bytes.
     fn on_read(&self) {
         self.moved.fetch_add(1, Ordering::Relaxed);
-        if self.time_heads && self.head_since.load(Ordering::Relaxed) == 0 && self.active.load(Ordering::Relaxed) == 0 {
-            let at = self.millis(tokio::time::Instant::now()).saturating_add(1);
-            self.head_since.store(at, Ordering::Relaxed);
+        if self.time_heads && self.head_ticks.load(Ordering::Relaxed) == 0 && self.active.load(Ordering::Relaxed) == 0 {
+            self.head_ticks.store(1, Ordering::Relaxed);
         }
     }
 
-    /// Whether a head began more than `limit` before `now` and is still not complete.
-    fn head_overdue(&self, now: tokio::time::Instant, limit: Duration) -> bool {
-        let since = self.head_since.load(Ordering::Relaxed);
-        since != 0
-            && self.active.load(Ordering::Relaxed) == 0
-            && u128::from(self.millis(now).saturating_add(1).saturating_sub(since)) >= limit.as_millis()
+    /// Called on each of the watch's ticks: whether a head began at least `limit_ticks`
+    /// whole ticks ago and is still not complete. The tick after a head began may come
+    /// at once, so a head is overdue on its `limit_ticks + 1`-th tick: between one and one
+    /// and a quarter times the limit (four ticks per limit) after its first bytes.
+    fn head_overdue(&self, limit_ticks: u32) -> bool {
+        let ticks = self.head_ticks.load(Ordering::Relaxed);
+        if ticks == 0 || self.active.load(Ordering::Relaxed) > 0 {
+            return false;
+        }
+        self.head_ticks.store(ticks.saturating_add(1), Ordering::Relaxed);
+        ticks > limit_ticks
     }
 }
 
@@ -300,6 +304,10 @@ impl Watch {
         // Checked four times per period, so a connection closes within 1.25× its timeout.
         let period =
             (header_read_timeout.map_or(idle_timeout, |h| h.min(idle_timeout)) / 4).max(Duration::from_millis(1));
+        // Whole ticks a head may take (a period divides the header read timeout exactly when
+        // it is the smaller timeout).
+        let head_limit_ticks = header_read_timeout
+            .map(|limit| u32::try_from(limit.as_nanos().div_ceil(period.as_nanos().max(1))).unwrap_or(u32::MAX));
         let tick = tokio::time::sleep(period);
         tokio::pin!(tick);
         let mut last_seen = u64::MAX;
@@ -350,7 +358,7 @@ impl Watch {
                 armed = false;
                 let now = tick.deadline();
                 tick.as_mut().reset(now + period);
-                if header_read_timeout.is_some_and(|limit| traffic.head_overdue(now, limit)) {
+                if head_limit_ticks.is_some_and(|limit| traffic.head_overdue(limit)) {
                     // A head begun and never finished (a trickling client): nothing to
                     // answer, and waiting for a graceful end would wait for the client.
                     tracing::debug!("request head not complete within header_read_timeout; connection closed");

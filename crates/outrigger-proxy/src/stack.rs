@@ -318,6 +318,7 @@ impl Shared {
         conn: Arc<ConnCtx>,
         request_id: HeaderValue,
         carried: headers::Carried,
+        arrived: Instant,
     ) -> Response<ResponseBody> {
         // --- context ---
         let trace = TraceContext::from_request(req.headers(), carried, self.accept_b3, self.sample_ratio);
@@ -328,6 +329,7 @@ impl Shared {
             carried,
             trace,
             conn.active.clone(),
+            arrived,
         );
         let grpc = carried.content_type && is_grpc(req.headers());
         let Some(listener) = self.listeners.get(conn.listener) else {
@@ -543,11 +545,14 @@ impl Shared {
                 fresh_only,
                 started
             ));
-            let sent = before(timer.as_mut(), work).await;
+            let mut sent = before(timer.as_mut(), work).await;
             conn.keep_attempt_timer(timer);
             let finished = Instant::now();
             let took = finished.saturating_duration_since(started);
             drop(in_flight);
+            if let Some(Ok(answer)) = &mut sent {
+                answer.response.body_mut().headed_at(finished);
+            }
 
             let (tried, conn_info) = match sent {
                 None => {
