@@ -17,7 +17,13 @@ pub(crate) struct Versions(Vec<(String, String)>);
 
 impl Versions {
     pub(crate) fn collect(tools: &Tools) -> Versions {
-        let mut v = vec![("outrigger".to_owned(), version(&tools.outrigger, "--version"))];
+        // The path says which build ran (`--outrigger target/pgo/outrigger`: the PGO build).
+        let outrigger = format!(
+            "{}, binary {}",
+            version(&tools.outrigger, "--version"),
+            tools.outrigger.display()
+        );
+        let mut v = vec![("outrigger".to_owned(), outrigger)];
         if let Some(p) = &tools.envoy {
             v.push(("envoy".into(), version(p, "--version")));
         }
