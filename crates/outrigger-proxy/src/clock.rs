@@ -39,7 +39,7 @@ impl Anchor {
     /// `at` on the wall clock, if `at` is within [`RENEW`] of the anchor.
     fn wall_at(self, at: Instant) -> Option<Duration> {
         match at.checked_duration_since(self.mono) {
-            Some(after) if after < RENEW => Some(self.wall + after),
+            Some(after) if after < RENEW => Some(self.wall.saturating_add(after)),
             Some(_) => None,
             None => {
                 let before = self.mono.duration_since(at);
@@ -66,7 +66,10 @@ pub(crate) fn wall_since_epoch(at: Instant) -> Duration {
 
 /// [`wall_since_epoch`] as a [`SystemTime`].
 pub(crate) fn wall_at(at: Instant) -> SystemTime {
-    SystemTime::UNIX_EPOCH + wall_since_epoch(at)
+    // `+` would panic past the platform's last representable time; no real clock gets there.
+    SystemTime::UNIX_EPOCH
+        .checked_add(wall_since_epoch(at))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]

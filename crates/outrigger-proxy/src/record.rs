@@ -541,7 +541,7 @@ impl Completion {
     /// went out in `traceparent` (so the upstream's spans hang under the right attempt).
     fn export_spans(&self, spans: &SpanQueue, duration: Duration, code: Option<&str>, class: Option<&str>) {
         let start = crate::clock::wall_at(self.start.into_std());
-        let end = start + duration;
+        let end = start.checked_add(duration).unwrap_or(start);
         let trace_id = TraceId::from(self.trace.trace_id);
         let server_id = SpanId::from(self.trace.span_id);
         let method = method_label(&self.method).0;
