@@ -20,7 +20,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -38,6 +38,9 @@ const READ_BUF_MAX: usize = 64 * 1024;
 /// A connection going idle keeps a grown buffer up to this size (responses of a few tens of
 /// KiB would otherwise grow it again on every request) and gives back anything larger.
 const READ_BUF_KEPT: usize = 32 * 1024;
+/// A body chunk at least this long, and at least a quarter of the read buffer, is handed on
+/// without a copy; shorter ones are copied so they do not pin the buffer.
+const SPLIT_MIN: usize = 1024;
 /// A response head (or a chunk-size line, or trailers) larger than this is refused. Envoy's
 /// default limit for headers is 60 KiB.
 const MAX_HEAD: usize = 64 * 1024;
@@ -81,16 +84,15 @@ impl std::error::Error for Error {
 /// An HTTP/1.1 connection to an upstream, between exchanges or in one.
 pub(crate) struct Conn {
     io: Socket,
-    /// Bytes read: `buf[start..end]` are not consumed yet. Always initialized (it is read
-    /// into through a `ReadBuf` over initialized memory; this crate forbids `unsafe`).
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Bytes read and not consumed yet; the spare capacity is what the next read fills.
+    buf: BytesMut,
+    /// How much the next read asks room for: doubles while a large body streams, the way
+    /// hyper's adaptive read strategy does.
+    room: usize,
     /// The request head being written, kept between requests for its capacity.
     out: Vec<u8>,
     out_pos: usize,
-    /// The last read filled the buffer: a large body is streaming, so the next read may ask
-    /// for more (hyper's adaptive read strategy does the same).
+    /// The last read filled all the room there was: a large body is streaming.
     filled: bool,
 }
 
@@ -98,9 +100,8 @@ impl Conn {
     pub(crate) fn new(stream: TcpStream) -> Box<Self> {
         Box::new(Conn {
             io: Socket::new(stream),
-            buf: vec![0; READ_BUF],
-            start: 0,
-            end: 0,
+            buf: BytesMut::with_capacity(READ_BUF),
+            room: READ_BUF,
             out: Vec::with_capacity(512),
             out_pos: 0,
             filled: false,
@@ -110,15 +111,15 @@ impl Conn {
     /// Whether an idle connection can carry a request: the upstream has not closed it and
     /// has sent nothing unasked. Costs a syscall only when the socket has signalled something.
     pub(crate) fn is_open(&self) -> bool {
-        self.start == self.end && self.io.is_quiet()
+        self.buf.is_empty() && self.io.is_quiet()
     }
 
     /// Drops what a large exchange grew, before the connection waits in the pool.
     fn shrink(&mut self) {
         self.filled = false;
-        if self.buf.len() > READ_BUF_KEPT {
-            self.buf.truncate(READ_BUF);
-            self.buf.shrink_to_fit();
+        self.room = self.room.min(READ_BUF_KEPT);
+        if self.buf.capacity() > READ_BUF_KEPT {
+            self.buf = BytesMut::with_capacity(READ_BUF);
         }
         if self.out.capacity() > 4 * 1024 {
             self.out = Vec::with_capacity(512);
@@ -126,52 +127,49 @@ impl Conn {
     }
 
     fn buffered(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+        &self.buf
     }
 
     fn consume(&mut self, n: usize) {
-        self.start += n;
-        if self.start >= self.end {
-            self.start = 0;
-            self.end = 0;
-        }
+        self.buf.advance(n);
     }
 
-    /// Takes `n` buffered bytes as a body chunk. Copied, so the read buffer stays the
-    /// connection's own and is reused (splitting off a shared buffer, as hyper does, costs
-    /// a fresh read buffer per read instead); short chunks are carved from a shared one.
+    /// Takes `n` buffered bytes as a body chunk. A chunk that is a good part of the buffer
+    /// is split off it, not copied (a 16 KiB body costs no `memcpy`; the next read gets the
+    /// buffer back if the chunk is gone by then, else a fresh one). A short chunk is
+    /// copied, carved from a shared one, so it neither pins the buffer nor makes the next
+    /// read allocate.
     fn take(&mut self, n: usize) -> Bytes {
-        let chunk = crate::arena::copy(&self.buf[self.start..self.start + n]);
-        self.consume(n);
+        if n >= SPLIT_MIN && n * 4 >= self.buf.capacity() {
+            return self.buf.split_to(n).freeze();
+        }
+        let chunk = crate::arena::copy(&self.buf[..n]);
+        self.buf.advance(n);
         chunk
     }
 
     /// Reads more bytes into the buffer, making room first; `Ok(0)` at end of stream.
     /// Unconsumed bytes (a partial head, line or trailer section) may fill at most `limit`.
     fn poll_fill(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Result<usize, Error>> {
-        if self.filled && self.start == self.end && self.buf.len() < READ_BUF_MAX {
-            let len = self.buf.len() * 2;
-            self.buf.resize(len.min(READ_BUF_MAX), 0);
+        let unconsumed = self.buf.len();
+        if self.filled && unconsumed == 0 {
+            self.room = (self.room * 2).min(READ_BUF_MAX);
         }
-        if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else if self.buf.len() < limit {
-                let len = (self.buf.len() * 2).min(limit);
-                self.buf.resize(len, 0);
-            } else {
-                return Poll::Ready(Err(Error::Protocol(
-                    "the response head (or a trailer section) is larger than 64 KiB",
-                )));
-            }
+        if unconsumed >= limit {
+            return Poll::Ready(Err(Error::Protocol(
+                "the response head (or a trailer section) is larger than 64 KiB",
+            )));
         }
-        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(Error::Io)?;
-        let n = rb.filled().len();
-        self.filled = n > 0 && self.end + n == self.buf.len();
-        self.end += n;
+        // A partial head grows the buffer by doubling, up to the limit.
+        let room = self.room.max(unconsumed).min(limit - unconsumed);
+        // Reading into what is left while that is at least half the room saves moving the
+        // buffer back to its start after every small response.
+        if self.buf.capacity() - unconsumed < room.div_ceil(2) {
+            self.buf.reserve(room);
+        }
+        let spare = self.buf.capacity() - unconsumed;
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)).map_err(Error::Io)?;
+        self.filled = n > 0 && n == spare;
         Poll::Ready(Ok(n))
     }
 }
@@ -739,7 +737,7 @@ where
 
     /// The connection, when both messages ended cleanly and it may carry another request.
     pub(crate) fn into_reusable(self) -> Option<Box<Conn>> {
-        let reusable = self.keep_alive && self.finished() && self.sent() && self.conn.start == self.conn.end;
+        let reusable = self.keep_alive && self.finished() && self.sent() && self.conn.buf.is_empty();
         reusable.then(|| {
             let mut conn = self.conn;
             conn.shrink();
@@ -1470,6 +1468,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_head_near_the_limit_and_a_chunked_body_arriving_in_pieces_are_read_whole() {
+        let (conn, mut up) = pair().await;
+        let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-big: ";
+        let mut head = start.to_vec();
+        head.resize(MAX_HEAD - 200, b'h');
+        head.extend_from_slice(b"\r\n\r\n");
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = head.clone();
+        for chunk in body.chunks(30_000) {
+            wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            wire.extend_from_slice(chunk);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        let upstream = tokio::spawn(async move {
+            read_head(&mut up).await;
+            for piece in wire.chunks(1000) {
+                up.write_all(piece).await.unwrap();
+                up.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            up
+        });
+        let resp = exchange(conn, request("GET", "/", empty())).response().await.unwrap();
+        assert_eq!(resp.headers()["x-big"].len(), MAX_HEAD - 200 - start.len());
+        let (got, exchange) = body_of(resp).await;
+        assert_eq!(got.unwrap().0, body);
+        assert!(exchange.into_reusable().is_some());
+        drop(upstream.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_long_chunk_is_split_off_the_read_buffer_and_a_short_one_is_copied() {
+        let (mut conn, _up) = pair().await;
+        conn.buf.extend_from_slice(&[7; 6000]);
+        let start = conn.buffered().as_ptr();
+        let short = conn.take(100);
+        assert_ne!(short.as_ptr(), start, "a short chunk must not pin the read buffer");
+        let rest = conn.buffered().as_ptr();
+        let long = conn.take(5000);
+        assert_eq!(
+            long.as_ptr(),
+            rest,
+            "a long chunk is the buffer's own bytes, not a copy"
+        );
+        assert!(short.iter().chain(long.iter()).all(|b| *b == 7));
+        assert_eq!(conn.buffered().len(), 900);
+
+        // A chunk of 1.5 KiB in a 64 KiB buffer would pin 40 times its size: copied.
+        let (mut conn, _up) = pair().await;
+        conn.buf.reserve(READ_BUF_MAX);
+        conn.buf.extend_from_slice(&[9; 1536]);
+        let start = conn.buffered().as_ptr();
+        let chunk = conn.take(1536);
+        assert_ne!(chunk.as_ptr(), start);
+        assert_eq!(&chunk[..], &[9; 1536][..]);
+    }
+
+    #[tokio::test]
     async fn a_large_body_is_read_whole_and_the_grown_buffer_is_given_back() {
         let (conn, mut up) = pair().await;
         let size = 3 * READ_BUF_MAX + 123;
@@ -1488,7 +1545,7 @@ mod tests {
         assert_eq!(data.len(), size);
         assert!(data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
         let conn = exchange.into_reusable().unwrap();
-        assert_eq!(conn.buf.len(), READ_BUF);
+        assert_eq!(conn.buf.capacity(), READ_BUF);
         drop(upstream.await.unwrap());
     }
 
