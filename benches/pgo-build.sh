@@ -3,7 +3,7 @@
 # build serves a training load on loopback, and the profile it writes steers the final build
 # (which code is hot, how it is laid out, what is inlined). The result is target/pgo/outrigger.
 #
-#   benches/pgo-build.sh                      # about 6 minutes on 2 cores
+#   benches/pgo-build.sh                      # about 5 minutes on 2 cores
 #   cargo run -p outrigger-benches --release -- compare --outrigger target/pgo/outrigger
 #
 # Needs: the rustup component llvm-tools (llvm-profdata matching rustc's LLVM; installed here
@@ -20,8 +20,8 @@ WORK=${PGO_WORK:-$ROOT/target/pgo-work}
 OUT=$ROOT/target/pgo
 SECS=${PGO_SECS:-6}
 
-for tool in wrk h2load nginx curl; do
-  command -v "$tool" > /dev/null || { echo "pgo-build: $tool is missing (apt-get install wrk nghttp2-client nginx curl)" >&2; exit 1; }
+for tool in wrk h2load nginx curl python3; do
+  command -v "$tool" > /dev/null || { echo "pgo-build: $tool is missing (apt-get install wrk nghttp2-client nginx curl python3)" >&2; exit 1; }
 done
 HOST=$(rustc -vV | awk '/^host:/{print $2}')
 PROFDATA=$(rustc --print sysroot)/lib/rustlib/$HOST/bin/llvm-profdata

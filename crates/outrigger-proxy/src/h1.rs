@@ -144,7 +144,7 @@ impl Conn {
             return self.buf.split_to(n).freeze();
         }
         let chunk = crate::arena::copy(&self.buf[..n]);
-        self.buf.advance(n);
+        self.consume(n);
         chunk
     }
 
