@@ -31,18 +31,16 @@ impl Socket {
     }
 
     /// For a connection at rest: true when the peer has neither closed it nor sent anything.
-    /// Asks the kernel only when the event loop has seen the socket become readable (tokio
-    /// clears that mark after a read that drained it), so a quiet socket costs no syscall.
+    /// Asks the kernel (`recv` with `MSG_PEEK`, non-blocking) every time: the event loop's
+    /// readiness may not have caught up with bytes that arrived a moment ago (a body sent
+    /// after a `HEAD` or 204 answer, a stale 408), and those would be read as the next
+    /// request's response. One syscall per reuse.
     pub(crate) fn is_quiet(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.0.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.0.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(
+            socket2::SockRef::from(&self.0).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
 }
 

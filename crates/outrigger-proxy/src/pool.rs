@@ -277,9 +277,13 @@ impl EndpointPool {
     /// usually stops at the first entry (a scan over the whole list cost 6 % of the CPU at
     /// 1,000 client connections).
     fn take_idle(&self, now: Instant) -> Option<(Box<h1::Conn>, ConnInfo)> {
-        let mut idle = self.lock_idle();
-        drop_expired(&mut idle, now, self.settings.idle_timeout);
-        while let Some(found) = idle.pop_back() {
+        loop {
+            // The socket is asked outside the lock (a syscall).
+            let found = {
+                let mut idle = self.lock_idle();
+                drop_expired(&mut idle, now, self.settings.idle_timeout);
+                idle.pop_back()?
+            };
             if found.conn.is_open() {
                 return Some((
                     found.conn,
@@ -291,7 +295,6 @@ impl EndpointPool {
             }
             tracing::debug!(endpoint = %self.label, "idle upstream connection was closed by the upstream; skipped");
         }
-        None
     }
 
     /// Keeps `conn`, idle since `now`, for a later request.
