@@ -545,13 +545,22 @@ fn circuit_breaker(cx: &mut Cx, n: &Node, p: &str) -> Option<CircuitBreaker> {
     Some(cb)
 }
 
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
-];
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"];
 
 fn method(cx: &mut Cx, node: &Node, path: &str) -> Option<Method> {
     let s = string(cx, node, path)?;
     let upper = s.to_ascii_uppercase();
+    if upper == "CONNECT" {
+        // Sent on as a plain request it would reach the upstream as `CONNECT /`: refused
+        // here rather than accepted and not done.
+        cx.error(
+            node.pos,
+            path,
+            "CONNECT is not supported: outrigger forwards HTTP requests and does not open tunnels".to_owned(),
+            "remove CONNECT from `methods`; tunnel at the network layer instead",
+        );
+        return None;
+    }
     if METHODS.contains(&upper.as_str()) {
         return Method::from_bytes(upper.as_bytes()).ok();
     }
@@ -728,6 +737,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
             "max_body_bytes",
             "critical",
             "timeout",
+            "body_idle_timeout",
             "retry",
             "fallback",
             "fault",
@@ -740,6 +750,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
     let max_body_bytes = f.opt(cx, "max_body_bytes", int_in(0, i128::from(i64::MAX), " bytes"));
     let critical = f.or(cx, "critical", false, boolean);
     let timeout = f.or(cx, "timeout", std::time::Duration::from_secs(15), positive_duration);
+    let body_idle_timeout = f.or(cx, "body_idle_timeout", timeout, positive_duration);
     let retry = f.opt(cx, "retry", retry);
     if let (Some(r), Some(node)) = (&retry, f.node("retry"))
         && let Some(pt) = r.per_try_timeout
@@ -793,6 +804,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
         max_body_bytes: max_body_bytes.map(|b: i64| b.unsigned_abs()),
         critical,
         timeout,
+        body_idle_timeout,
         retry,
         fallback,
         fault,

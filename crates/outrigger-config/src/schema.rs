@@ -325,6 +325,8 @@ pub struct Route {
     pub critical: bool,
     /// The whole request, retries included, must get an answer within this.
     pub timeout: Duration,
+    /// After the response head, the longest silence in the response body (default: `timeout`).
+    pub body_idle_timeout: Duration,
     /// Retry policy (none: one attempt).
     pub retry: Option<Retry>,
     /// A degraded answer for upstream-class failures.

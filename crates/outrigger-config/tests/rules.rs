@@ -72,7 +72,7 @@ fn unknown_fields_get_a_did_you_mean() {
     let p = one(&with_route("    timout: 2s\n"));
     assert_eq!(
         p,
-        "9:5 routes[0]: unknown field `timout` | did you mean `timeout`? (known fields: name, match, upstream, listener, max_body_bytes, critical, timeout, retry, fallback, fault)"
+        "9:5 routes[0]: unknown field `timout` | did you mean `timeout`? (known fields: name, match, upstream, listener, max_body_bytes, critical, timeout, body_idle_timeout, retry, fallback, fault)"
     );
     let p = one(&format!(
         "{BASE_LISTENERS}{BASE_UPSTREAMS}{BASE_ROUTES}telemetri: {{}}\n"
@@ -378,5 +378,26 @@ fn latency_inflation_windows_and_ratio_must_make_sense() {
             "{base}telemetry:\n  latency_inflation: {{baseline: 30m, recent: 5s, alert_ratio: 0}}\n"
         )),
         Vec::<String>::new()
+    );
+}
+
+#[test]
+fn body_idle_timeout_defaults_to_the_route_timeout_and_connect_is_refused() {
+    let c = from_yaml(&with_route("    timeout: 3s\n"), "t.yaml", &env)
+        .ok()
+        .unwrap();
+    assert_eq!(c.routes[0].body_idle_timeout, std::time::Duration::from_secs(3));
+    let c = from_yaml(&with_route("    body_idle_timeout: 5m\n"), "t.yaml", &env)
+        .ok()
+        .unwrap();
+    assert_eq!(c.routes[0].body_idle_timeout, std::time::Duration::from_secs(300));
+    let p = one(&with_route("    body_idle_timeout: 0s\n"));
+    assert!(p.contains("body_idle_timeout"), "{p}");
+    let p = one(&format!(
+        "{BASE_LISTENERS}{BASE_UPSTREAMS}routes:\n  - {{name: r, upstream: app, match: {{path_prefix: /, methods: [GET, connect]}}}}\n"
+    ));
+    assert!(
+        p.contains("CONNECT is not supported") && p.contains("remove CONNECT"),
+        "{p}"
     );
 }

@@ -91,6 +91,7 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer = None;
+                let frame = without_forbidden_trailers(frame);
                 this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
                 match this.limit {
                     Some(limit) if this.seen > limit => {
@@ -183,12 +184,52 @@ impl ProxyBody {
     }
 }
 
-/// A response body on its way to the client, with the request's completion record and,
-/// for gRPC calls with a deadline, the time the stream must end by.
+/// The response body stopped coming: the upstream sent nothing of it for this long.
+#[derive(Debug)]
+pub struct BodyIdle(pub std::time::Duration);
+
+impl std::fmt::Display for BodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the upstream sent nothing of the response body for {} (the route's body_idle_timeout)",
+            outrigger_resilience::humanize(self.0)
+        )
+    }
+}
+
+impl std::error::Error for BodyIdle {}
+
+/// A trailers frame with the fields that may not be trailers taken out
+/// ([`headers::strip_trailers`](crate::headers::strip_trailers)); data frames as they are.
+fn without_forbidden_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            crate::headers::strip_trailers(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
+
+/// The longest silence allowed in a response body, and the timer that enforces it: armed
+/// (one clock read) only when the upstream has nothing ready, so a body that arrives with
+/// its head costs nothing.
+struct IdleTimer {
+    limit: std::time::Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current silence.
+    armed: bool,
+}
+
+/// A response body on its way to the client, with the request's completion record, the
+/// route's body idle timeout and, for gRPC calls with a deadline, the time the stream must
+/// end by.
 pub struct ResponseBody {
     body: ProxyBody,
     completion: Option<Box<Completion>>,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
+    idle: Option<IdleTimer>,
 }
 
 impl ResponseBody {
@@ -197,7 +238,19 @@ impl ResponseBody {
             body,
             completion,
             deadline: None,
+            idle: None,
         }
+    }
+
+    /// Ends the stream with an error (HTTP/2 RST_STREAM, or a closed HTTP/1 connection) when
+    /// the upstream sends nothing of the body for `limit`.
+    pub(crate) fn with_idle_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.idle = Some(IdleTimer {
+            limit,
+            sleep: None,
+            armed: false,
+        });
+        self
     }
 
     /// Ends the stream with an error (HTTP/2 RST_STREAM, or a closed HTTP/1 connection) if it
@@ -224,7 +277,12 @@ impl Body for ResponseBody {
             ProxyBody::Empty => None,
             ProxyBody::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             ProxyBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(frame) => frame,
+                Poll::Ready(frame) => {
+                    if let Some(idle) = this.idle.as_mut() {
+                        idle.armed = false;
+                    }
+                    frame.map(|f| f.map(without_forbidden_trailers))
+                }
                 Poll::Pending => {
                     if let Some((sleep, budget)) = this.deadline.as_mut()
                         && sleep.as_mut().poll(cx).is_ready()
@@ -233,16 +291,38 @@ impl Body for ResponseBody {
                         this.finish(Some(("upstream_timeout", e.to_string())));
                         return Poll::Ready(Some(Err(Box::new(e))));
                     }
+                    if let Some(idle) = this.idle.as_mut() {
+                        let now = tokio::time::Instant::now();
+                        let at = now.checked_add(idle.limit).unwrap_or(now);
+                        let sleep = idle.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                        if !idle.armed {
+                            sleep.as_mut().reset(at);
+                            idle.armed = true;
+                        }
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            let e = BodyIdle(idle.limit);
+                            this.finish(Some(("upstream_timeout", e.to_string())));
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
                     return Poll::Pending;
                 }
             },
         };
         match &polled {
             None => this.finish(None),
-            Some(Err(e)) => this.finish(Some((
-                "upstream_reset",
-                format!("the response body from upstream broke off mid-stream ({e})"),
-            ))),
+            Some(Err(e)) => {
+                // Bytes that are not HTTP (bad chunk framing, bare LFs) are the upstream's
+                // protocol error; anything else cut the body off.
+                let code = match e.downcast_ref::<crate::h1::Error>() {
+                    Some(crate::h1::Error::Protocol(_)) => "upstream_protocol_error",
+                    _ => "upstream_reset",
+                };
+                this.finish(Some((
+                    code,
+                    format!("the response body from upstream broke off mid-stream ({e})"),
+                )));
+            }
             Some(Ok(_)) if this.body.is_end_stream() => this.finish(None),
             Some(Ok(_)) => {}
         }

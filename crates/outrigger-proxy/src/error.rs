@@ -122,7 +122,10 @@ pub enum ErrorKind {
     /// The connection closed or reset before a full response.
     UpstreamReset,
     /// The upstream sent something that is not a valid HTTP response.
-    UpstreamProtocolError,
+    UpstreamProtocolError {
+        /// What was wrong with it, for a person ("a chunk extension holds a bare LF").
+        what: &'static str,
+    },
     /// No answer within the route timeout.
     UpstreamTimeout {
         /// The timeout that expired.
@@ -181,7 +184,7 @@ impl ErrorKind {
             ErrorKind::HeaderTooLarge { .. } => &HEADER_TOO_LARGE,
             ErrorKind::UpstreamConnectFailed { .. } => &UPSTREAM_CONNECT_FAILED,
             ErrorKind::UpstreamReset => &UPSTREAM_RESET,
-            ErrorKind::UpstreamProtocolError => &UPSTREAM_PROTOCOL_ERROR,
+            ErrorKind::UpstreamProtocolError { .. } => &UPSTREAM_PROTOCOL_ERROR,
             ErrorKind::UpstreamTimeout { .. } => &UPSTREAM_TIMEOUT,
             ErrorKind::UpstreamError { .. } => &UPSTREAM_ERROR,
             ErrorKind::CircuitOpen { .. } | ErrorKind::CircuitSaturated { .. } => &CIRCUIT_OPEN,
@@ -309,9 +312,9 @@ impl ProxyError {
                     self.at_endpoint()
                 )
             }
-            ErrorKind::UpstreamProtocolError => {
+            ErrorKind::UpstreamProtocolError { what } => {
                 format!(
-                    "The service '{}'{} sent a response that is not valid HTTP.",
+                    "The service '{}'{} sent a response that is not valid HTTP: {what}.",
                     self.upstream_name(),
                     self.at_endpoint()
                 )
@@ -403,7 +406,9 @@ pub fn example_kinds() -> Vec<ErrorKind> {
             reason: "the connection was refused".into(),
         },
         ErrorKind::UpstreamReset,
-        ErrorKind::UpstreamProtocolError,
+        ErrorKind::UpstreamProtocolError {
+            what: "a chunk extension holds a bare LF",
+        },
         ErrorKind::UpstreamTimeout {
             after: Duration::from_secs(2),
         },

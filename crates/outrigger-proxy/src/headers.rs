@@ -400,6 +400,122 @@ pub fn valid_percent_encoding(path: &str) -> bool {
     true
 }
 
+/// Whether `value` is a `Host` value (RFC 9110 §7.2: `uri-host [ ":" port ]`): a
+/// registered name (unreserved, sub-delims, percent-escapes), an IPv4 address or a bracketed
+/// IPv6 literal, and an optional port of up to five digits. No userinfo, path or spaces.
+/// Empty is allowed (RFC 9112 §3.2: a target without an authority). At least as strict as
+/// `http::uri::Authority` (tested against it).
+pub fn valid_authority(value: &[u8]) -> bool {
+    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+        // A colon inside a bracketed literal is not a port separator.
+        Some(i) if !value[i..].contains(&b']') => (&value[..i], Some(&value[i + 1..])),
+        _ => (value, None),
+    };
+    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    let host_ok = match host {
+        [b'[', literal @ .., b']'] => {
+            !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        }
+        _ => {
+            let mut i = 0;
+            let mut ok = true;
+            while ok && i < host.len() {
+                let b = host[i];
+                if b == b'%' {
+                    ok = host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                        && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+                    i += 3;
+                } else {
+                    ok = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
+                    i += 1;
+                }
+            }
+            ok && (port.is_none() || !host.is_empty())
+        }
+    };
+    port_ok && host_ok
+}
+
+/// Whether a field may travel in a trailer section (RFC 9110 §6.5.1): not one that frames
+/// the message, routes it, authenticates it, modifies the request or controls the response,
+/// nor one this proxy sets or reads as the caller's identity or trace. A trailer arrives
+/// after the request was routed and checked, so such a field there could only mislead the
+/// peer (a `host` or `authorization` merged in late).
+fn may_be_trailer(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "content-encoding"
+            | "content-type"
+            | "content-range"
+            | "trailer"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "upgrade"
+            | "host"
+            | "expect"
+            | "max-forwards"
+            | "range"
+            | "if-match"
+            | "if-none-match"
+            | "if-modified-since"
+            | "if-unmodified-since"
+            | "if-range"
+            | "cache-control"
+            | "pragma"
+            | "authorization"
+            | "proxy-authorization"
+            | "www-authenticate"
+            | "proxy-authenticate"
+            | "cookie"
+            | "set-cookie"
+            | "age"
+            | "expires"
+            | "date"
+            | "location"
+            | "retry-after"
+            | "vary"
+            | "x-request-id"
+            | "traceparent"
+            | "tracestate"
+            | "b3"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "forwarded"
+            | "x-forwarded-client-cert"
+            | "x-real-ip"
+            | "grpc-timeout"
+            | "outrigger-error"
+            | "outrigger-fallback"
+            | crate::fault::FAULT_HEADER
+    ) && !name.as_str().starts_with("x-b3-")
+}
+
+/// Removes from a trailer section every field that may not be a trailer ([`may_be_trailer`]);
+/// gRPC's `grpc-status` and `grpc-message` and other application fields pass.
+pub(crate) fn strip_trailers(trailers: &mut HeaderMap) {
+    if trailers.keys().all(may_be_trailer) {
+        return;
+    }
+    let all = std::mem::take(trailers);
+    let mut current = None;
+    for (name, value) in all {
+        if let Some(name) = name {
+            current = may_be_trailer(&name).then_some(name);
+        }
+        if let Some(name) = &current {
+            trailers.append(name.clone(), value);
+        }
+    }
+}
+
 /// The size of the request head as a client sent it: request line and header lines.
 pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
     let line = method.as_str().len() + uri.path_and_query().map_or(1, |p| p.as_str().len()) + 12;
@@ -575,5 +691,94 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7, ::1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn host_values_are_authorities_without_userinfo() {
+        for good in [
+            "",
+            "example.com",
+            "example.com:8080",
+            "a-b.c_d~e",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::7]:65535",
+            "xn--bcher-kva.example",
+            "ex%41mple.com",
+        ] {
+            assert!(valid_authority(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "user@example.com",
+            "example.com/path",
+            "example.com?q",
+            "exa mple.com",
+            "example.com:",
+            ":80",
+            "example.com:80:80",
+            "example.com:123456",
+            "example.com:8o",
+            "[::1",
+            "::1]",
+            "[]",
+            "[g::1]",
+            "ex%4",
+            "ex%zz.com",
+            "a\tb",
+            "\"quoted\"",
+            "example.com#frag",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// What passes as a `Host` also parses as an authority for `http` (the parser the
+        /// upstream request's URI goes through), without userinfo: at least as strict.
+        #[test]
+        fn a_valid_host_is_an_authority_for_the_http_crate(
+            bytes in proptest::collection::vec(proptest::sample::select(
+                b"aZ09-._~!$&'()*+,;=:[]@%/?# \t\"<>{}|\\^`fF".to_vec()), 1..24),
+        ) {
+            if valid_authority(&bytes) {
+                let parsed = http::uri::Authority::try_from(&bytes[..]);
+                proptest::prop_assert!(parsed.is_ok(), "{:?}", String::from_utf8_lossy(&bytes));
+                proptest::prop_assert!(!bytes.contains(&b'@'));
+            }
+        }
+    }
+
+    #[test]
+    fn trailers_lose_framing_routing_auth_and_proxy_fields_only() {
+        let mut t = HeaderMap::new();
+        for (name, value) in [
+            ("grpc-status", "0"),
+            ("host", "payments.internal"),
+            ("x-sum", "1"),
+            ("content-length", "5"),
+            ("authorization", "Bearer x"),
+            ("x-sum", "2"),
+            ("x-b3-traceid", "1"),
+            ("transfer-encoding", "chunked"),
+            ("grpc-message", "ok"),
+        ] {
+            t.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_trailers(&mut t);
+        let kept: Vec<(&str, &str)> = t.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(
+            kept,
+            [
+                ("grpc-status", "0"),
+                ("x-sum", "1"),
+                ("x-sum", "2"),
+                ("grpc-message", "ok")
+            ]
+        );
+        let mut clean = HeaderMap::new();
+        clean.insert("grpc-status", HeaderValue::from_static("0"));
+        strip_trailers(&mut clean);
+        assert_eq!(clean.len(), 1);
     }
 }

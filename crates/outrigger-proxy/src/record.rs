@@ -117,9 +117,9 @@ impl Attempt {
         }
     }
 
-    /// The attempt as an element of the access line's `attempts` array; `body_broke` marks the
-    /// last attempt of a response whose body ended early (stage `body_stream`).
-    fn write_json(&self, n: usize, body_broke: bool, f: &mut JsonLine) {
+    /// The attempt as an element of the access line's `attempts` array; `body_code` is the
+    /// error of the last attempt's response body when it ended early (stage `body_stream`).
+    fn write_json(&self, n: usize, body_code: Option<&str>, f: &mut JsonLine) {
         f.begin_object("");
         f.uint("n", n as u64);
         f.members(self.endpoint.log_member());
@@ -138,7 +138,10 @@ impl Attempt {
             AttemptOutcome::Status(s) => f.uint("status", u64::from(s)),
             _ => f.str("code", self.code()),
         };
-        if let Some(stage) = if body_broke { Some("body_stream") } else { self.stage() } {
+        if let Some(code) = body_code {
+            f.str("code", code);
+            f.str("stage", "body_stream");
+        } else if let Some(stage) = self.stage() {
             f.str("stage", stage);
         }
         match self.circuit_state {
@@ -503,8 +506,8 @@ impl Completion {
             f.begin_array("attempts");
             let last = self.attempts.len();
             for (i, a) in self.attempts.iter().enumerate() {
-                let body_broke = i + 1 == last && self.body_code.is_some();
-                a.write_json(i + 1, body_broke, &mut f);
+                let body_code = self.body_code.filter(|_| i + 1 == last);
+                a.write_json(i + 1, body_code, &mut f);
             }
             f.end_array();
         }

@@ -60,6 +60,8 @@ pub struct RouteRt {
     pub(crate) log_members: outrigger_telemetry::logging::Rendered,
     /// The whole request, retries included, must get its response head within this.
     pub timeout: Duration,
+    /// After the head, the longest silence allowed in the response body.
+    body_idle: Duration,
     pub(crate) in_flight: IntGauge,
     pub(crate) overhead: prometheus::Histogram,
     /// `http_server_request_duration_seconds` of its successful requests.
@@ -229,6 +231,7 @@ impl Shared {
                         ("upstream", &upstreams[i].name),
                     ]),
                     timeout: r.timeout,
+                    body_idle: r.body_idle_timeout,
                     in_flight: metrics.in_flight.with_label_values(&[name]),
                     overhead: metrics.proxy_overhead.with_label_values(&[name]),
                     succeeded: crate::series::SuccessSeries::new(metrics.server_duration.clone(), name, 2),
@@ -371,16 +374,17 @@ impl Shared {
             let reason = "its path has a `%` not followed by two hex digits";
             return self.fail(done, ProxyError::new(ErrorKind::BadRequest { reason }), grpc);
         }
+        if req.method() == Method::CONNECT {
+            let reason = "CONNECT is not supported (outrigger forwards HTTP requests; it does not open tunnels)";
+            return self.fail(done, ProxyError::new(ErrorKind::BadRequest { reason }), grpc);
+        }
 
         // --- route ---
         let absolute_form = req.version() <= Version::HTTP_11 && req.uri().authority().is_some();
-        let authority = if absolute_form || req.version() == Version::HTTP_2 {
-            req.uri().authority().map(|a| a.as_str())
-        } else {
-            carried
-                .host
-                .then(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
-                .flatten()
+        // What is routed on here is what the upstream gets as `Host` (`rewrite`).
+        let authority = match routed_authority(&req, carried.host, absolute_form) {
+            Ok(a) => a,
+            Err(reason) => return self.fail(done, ProxyError::new(ErrorKind::BadRequest { reason }), grpc),
         };
         let (host, port) = authority
             .map(split_authority)
@@ -600,6 +604,7 @@ impl Shared {
                 Tried::Failed(e) => {
                     let why = match &e.kind {
                         ErrorKind::UpstreamConnectFailed { reason } => Some(reason.clone()),
+                        ErrorKind::UpstreamProtocolError { what } => Some((*what).to_owned()),
                         _ => None,
                     };
                     let timed_out = matches!(e.kind, ErrorKind::UpstreamTimeout { .. }) && per_try.is_none();
@@ -747,7 +752,7 @@ impl Shared {
         head.version = done.version;
         done.status = Some(status.as_u16());
         done.head_at = Some(done.started().elapsed());
-        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done));
+        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done)).with_idle_timeout(route.body_idle);
         let body = if grpc_timeout.is_some() {
             body.with_deadline(deadline, budget)
         } else {
@@ -901,10 +906,46 @@ fn located(kind: ErrorKind, route: &RouteRt) -> ProxyError {
     }
 }
 
-/// Turns the client's request head into the upstream's: origin-form URI with `Host` kept
-/// (or taken from the absolute-form authority), hop-by-hop headers out, forwarding fields
-/// set on inbound listeners, no fault header, and the client's own copies of the fields this
-/// proxy sets (`added`: request id, trace context) taken out.
+/// The authority a request is routed on, and the `Host` its upstream gets: the request
+/// target's when it has one (absolute form, or HTTP/2's `:authority`: RFC 9112 §3.2.2,
+/// RFC 9113 §8.3.1), else its one `Host` field. Two `Host` fields, an invalid one, or an
+/// HTTP/1.1 request without one are malformed (RFC 9112 §3.2): the reason, for a 400.
+fn routed_authority(
+    req: &Request<Incoming>,
+    carries_host: bool,
+    absolute_form: bool,
+) -> Result<Option<&str>, &'static str> {
+    let mut host = None;
+    if carries_host {
+        let mut fields = req.headers().get_all(HOST).iter();
+        host = fields.next();
+        if fields.next().is_some() {
+            return Err("it has more than one Host field");
+        }
+    }
+    let host = match host {
+        Some(h) => Some(
+            h.to_str()
+                .ok()
+                .filter(|h| headers::valid_authority(h.as_bytes()))
+                .ok_or("its Host field is not a valid host[:port]")?,
+        ),
+        None if req.version() == Version::HTTP_11 => return Err("an HTTP/1.1 request must carry a Host field"),
+        None => None,
+    };
+    if (absolute_form || req.version() == Version::HTTP_2)
+        && let Some(a) = req.uri().authority()
+    {
+        return Ok(Some(a.as_str()));
+    }
+    Ok(host)
+}
+
+/// Turns the client's request head into the upstream's: origin-form URI, `Host` set to the
+/// authority the request was routed on ([`routed_authority`]; empty when it had none, as
+/// RFC 9112 §3.2 asks), hop-by-hop headers out, forwarding fields set on inbound listeners,
+/// no fault header, and the client's own copies of the fields this proxy sets (`added`:
+/// request id, trace context) taken out.
 fn rewrite(
     parts: &mut Parts,
     added: &mut headers::Added,
@@ -914,13 +955,18 @@ fn rewrite(
     role: Role,
     forwarding: &headers::Forwarding,
 ) {
-    if (absolute_form || !carried.host)
-        && let Some(a) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(HOST, a);
+    let target_authority = if absolute_form || parts.version == Version::HTTP_2 {
+        parts.uri.authority()
+    } else {
+        None
+    };
+    if let Some(a) = target_authority {
+        // Carved, not allocated (`arena`); an authority the URI parser took is a valid value.
+        if let Ok(a) = HeaderValue::from_maybe_shared(crate::arena::copy(a.as_str().as_bytes())) {
+            parts.headers.insert(HOST, a);
+        }
+    } else if !carried.host {
+        parts.headers.insert(HOST, HeaderValue::from_static(""));
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrading);
     if role == Role::Inbound {

@@ -262,7 +262,9 @@ fn classify(e: SendError) -> AttemptFailure {
         SendError::Connect(c) => (ErrorKind::UpstreamConnectFailed { reason: c.reason() }, None),
         SendError::Request(e, info) => {
             let kind = if e.is_parse() || e.is_parse_status() {
-                ErrorKind::UpstreamProtocolError
+                ErrorKind::UpstreamProtocolError {
+                    what: "its HTTP/2 response does not parse",
+                }
             } else if e.is_user() && !e.is_canceled() {
                 // Our side of the exchange failed: the client's body was cut off.
                 client_body_error(&e)
@@ -273,7 +275,7 @@ fn classify(e: SendError) -> AttemptFailure {
         }
         SendError::Http1(e, info) => {
             let kind = match e {
-                crate::h1::Error::Protocol(_) => ErrorKind::UpstreamProtocolError,
+                crate::h1::Error::Protocol(what) => ErrorKind::UpstreamProtocolError { what },
                 crate::h1::Error::Io(_) | crate::h1::Error::Closed(_) => ErrorKind::UpstreamReset,
                 crate::h1::Error::Body(e) => client_body_failure(e.downcast_ref()),
             };

@@ -17,6 +17,7 @@ mod echo;
 mod grpc;
 pub mod otlp;
 mod paths;
+mod scripted;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub use echo::{EchoClient, EchoReply, EchoRequest, EchoService, EchoUpstream};
 pub use grpc::GrpcUpstream;
 pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use scripted::{Act, Scripted};
 
 /// How the upstream behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
