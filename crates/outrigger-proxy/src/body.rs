@@ -91,7 +91,8 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer = None;
-                let frame = without_forbidden_trailers(frame);
+                let mut frame = frame;
+                strip_forbidden_trailers(&mut frame);
                 this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
                 match this.limit {
                     Some(limit) if this.seen > limit => {
@@ -200,36 +201,33 @@ impl std::fmt::Display for BodyIdle {
 
 impl std::error::Error for BodyIdle {}
 
-/// A trailers frame with the fields that may not be trailers taken out
-/// ([`headers::strip_trailers`](crate::headers::strip_trailers)); data frames as they are.
-fn without_forbidden_trailers(frame: Frame<Bytes>) -> Frame<Bytes> {
-    match frame.into_trailers() {
-        Ok(mut trailers) => {
-            crate::headers::strip_trailers(&mut trailers);
-            Frame::trailers(trailers)
-        }
-        Err(frame) => frame,
+/// Takes the fields that may not be trailers out of a trailers frame
+/// ([`headers::strip_trailers`](crate::headers::strip_trailers)); data frames pass as they are.
+fn strip_forbidden_trailers(frame: &mut Frame<Bytes>) {
+    if let Some(trailers) = frame.trailers_mut() {
+        crate::headers::strip_trailers(trailers);
     }
 }
 
-/// The longest silence allowed in a response body, and the timer that enforces it: armed
-/// (one clock read) only when the upstream has nothing ready, so a body that arrives with
-/// its head costs nothing.
-struct IdleTimer {
-    limit: std::time::Duration,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The timer runs for the current silence.
-    armed: bool,
+/// The timers of a response body that had to wait for the upstream. Made at its first wait
+/// (or with a gRPC deadline), so a body that comes with its head carries none: a larger
+/// `ResponseBody` cost a `memcpy` on each of the moves hyper makes of it.
+struct Timers {
+    /// gRPC: the stream must end by then; the deadline's length, for the log.
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
+    /// The longest silence allowed (the route's `body_idle_timeout`), and its timer.
+    idle: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
+    /// The idle timer runs for the current silence (one clock read when it starts).
+    idle_armed: bool,
 }
 
-/// A response body on its way to the client, with the request's completion record, the
-/// route's body idle timeout and, for gRPC calls with a deadline, the time the stream must
-/// end by.
+/// A response body on its way to the client, with the request's completion record. An
+/// upstream's body that goes silent for the route's `body_idle_timeout` is ended with an
+/// error, as is a gRPC call's that runs past its deadline.
 pub struct ResponseBody {
     body: ProxyBody,
     completion: Option<Box<Completion>>,
-    deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
-    idle: Option<IdleTimer>,
+    timers: Option<Box<Timers>>,
 }
 
 impl ResponseBody {
@@ -237,26 +235,18 @@ impl ResponseBody {
         ResponseBody {
             body,
             completion,
-            deadline: None,
-            idle: None,
+            timers: None,
         }
-    }
-
-    /// Ends the stream with an error (HTTP/2 RST_STREAM, or a closed HTTP/1 connection) when
-    /// the upstream sends nothing of the body for `limit`.
-    pub(crate) fn with_idle_timeout(mut self, limit: std::time::Duration) -> Self {
-        self.idle = Some(IdleTimer {
-            limit,
-            sleep: None,
-            armed: false,
-        });
-        self
     }
 
     /// Ends the stream with an error (HTTP/2 RST_STREAM, or a closed HTTP/1 connection) if it
     /// is still going at `at`; `budget` is the deadline's length, for the log.
     pub(crate) fn with_deadline(mut self, at: tokio::time::Instant, budget: std::time::Duration) -> Self {
-        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), budget));
+        self.timers = Some(Box::new(Timers {
+            deadline: Some((Box::pin(tokio::time::sleep_until(at)), budget)),
+            idle: None,
+            idle_armed: false,
+        }));
         self
     }
 
@@ -264,6 +254,42 @@ impl ResponseBody {
         if let Some(mut c) = self.completion.take() {
             c.body_finished(error);
         }
+    }
+
+    /// The upstream has nothing ready: the error that ends the body if a timer has run
+    /// out, after (re)arming the idle timer for this silence.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Option<BoxError> {
+        let idle_limit = self.completion.as_ref().and_then(|c| c.body_idle_timeout());
+        let timers = self.timers.get_or_insert_with(|| {
+            Box::new(Timers {
+                deadline: None,
+                idle: None,
+                idle_armed: false,
+            })
+        });
+        if let Some((sleep, budget)) = timers.deadline.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            let e = DeadlineExceeded(*budget);
+            self.finish(Some(("upstream_timeout", e.to_string())));
+            return Some(Box::new(e));
+        }
+        let limit = idle_limit?;
+        let now = tokio::time::Instant::now();
+        let at = now.checked_add(limit).unwrap_or(now);
+        let (sleep, _) = timers
+            .idle
+            .get_or_insert_with(|| (Box::pin(tokio::time::sleep_until(at)), limit));
+        if !timers.idle_armed {
+            sleep.as_mut().reset(at);
+            timers.idle_armed = true;
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            let e = BodyIdle(limit);
+            self.finish(Some(("upstream_timeout", e.to_string())));
+            return Some(Box::new(e));
+        }
+        None
     }
 }
 
@@ -277,35 +303,20 @@ impl Body for ResponseBody {
             ProxyBody::Empty => None,
             ProxyBody::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             ProxyBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(frame) => {
-                    if let Some(idle) = this.idle.as_mut() {
-                        idle.armed = false;
+                Poll::Ready(mut frame) => {
+                    if let Some(t) = this.timers.as_mut() {
+                        t.idle_armed = false;
                     }
-                    frame.map(|f| f.map(without_forbidden_trailers))
+                    if let Some(Ok(f)) = &mut frame {
+                        strip_forbidden_trailers(f);
+                    }
+                    frame
                 }
                 Poll::Pending => {
-                    if let Some((sleep, budget)) = this.deadline.as_mut()
-                        && sleep.as_mut().poll(cx).is_ready()
-                    {
-                        let e = DeadlineExceeded(*budget);
-                        this.finish(Some(("upstream_timeout", e.to_string())));
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
-                    if let Some(idle) = this.idle.as_mut() {
-                        let now = tokio::time::Instant::now();
-                        let at = now.checked_add(idle.limit).unwrap_or(now);
-                        let sleep = idle.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-                        if !idle.armed {
-                            sleep.as_mut().reset(at);
-                            idle.armed = true;
-                        }
-                        if sleep.as_mut().poll(cx).is_ready() {
-                            let e = BodyIdle(idle.limit);
-                            this.finish(Some(("upstream_timeout", e.to_string())));
-                            return Poll::Ready(Some(Err(Box::new(e))));
-                        }
-                    }
-                    return Poll::Pending;
+                    return match this.waiting(cx) {
+                        Some(e) => Poll::Ready(Some(Err(e))),
+                        None => Poll::Pending,
+                    };
                 }
             },
         };

@@ -400,19 +400,61 @@ pub fn valid_percent_encoding(path: &str) -> bool {
     true
 }
 
+/// What a byte may be in a `Host` value: 0 never, 1 a plain name byte, 2 `:`, 3 one that
+/// needs the careful check (`[`, `]`, `%`).
+const HOST_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            1
+        } else {
+            match b {
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => 1,
+                b':' => 2,
+                b'[' | b']' | b'%' => 3,
+                _ => 0,
+            }
+        };
+        i += 1;
+    }
+    table
+};
+
 /// Whether `value` is a `Host` value (RFC 9110 §7.2: `uri-host [ ":" port ]`): a
 /// registered name (unreserved, sub-delims, percent-escapes), an IPv4 address or a bracketed
 /// IPv6 literal, and an optional port of up to five digits. No userinfo, path or spaces.
 /// Empty is allowed (RFC 9112 §3.2: a target without an authority). At least as strict as
-/// `http::uri::Authority` (tested against it).
+/// `http::uri::Authority` (tested against it). Runs on every request: one pass over a table
+/// for the usual `name[:port]`.
 pub fn valid_authority(value: &[u8]) -> bool {
-    let (host, port) = match value.iter().rposition(|&b| b == b':') {
+    // The usual `name[:port]`: one tight scan to the first byte that is not a name byte,
+    // which must be the port's colon. Brackets, escapes and anything odd go the careful way.
+    match value.iter().position(|&b| HOST_BYTES[usize::from(b)] != 1) {
+        None => true,
+        Some(i) if value[i] == b':' && valid_port(i, value) => true,
+        Some(_) => valid_authority_carefully(value),
+    }
+}
+
+/// A non-empty name before the colon at `colon`, and one to five digits after it.
+fn valid_port(colon: usize, value: &[u8]) -> bool {
+    let port = &value[colon + 1..];
+    colon > 0 && (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit)
+}
+
+/// [`valid_authority`] for values with brackets, percent-escapes or several colons.
+fn valid_authority_carefully(value: &[u8]) -> bool {
+    let (host, colon) = match value.iter().rposition(|&b| b == b':') {
         // A colon inside a bracketed literal is not a port separator.
-        Some(i) if !value[i..].contains(&b']') => (&value[..i], Some(&value[i + 1..])),
+        Some(i) if !value[i..].contains(&b']') => (&value[..i], Some(i)),
         _ => (value, None),
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
-    let host_ok = match host {
+    if colon.is_some_and(|i| !valid_port(i, value)) {
+        return false;
+    }
+    match host {
         [b'[', literal @ .., b']'] => {
             !literal.is_empty()
                 && literal
@@ -421,22 +463,20 @@ pub fn valid_authority(value: &[u8]) -> bool {
         }
         _ => {
             let mut i = 0;
-            let mut ok = true;
-            while ok && i < host.len() {
-                let b = host[i];
-                if b == b'%' {
-                    ok = host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                        && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
-                    i += 3;
-                } else {
-                    ok = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b);
-                    i += 1;
+            while i < host.len() {
+                match host[i] {
+                    b'%' if host.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                        && host.get(i + 2).is_some_and(u8::is_ascii_hexdigit) =>
+                    {
+                        i += 3;
+                    }
+                    b if HOST_BYTES[usize::from(b)] == 1 => i += 1,
+                    _ => return false,
                 }
             }
-            ok && (port.is_none() || !host.is_empty())
+            true
         }
-    };
-    port_ok && host_ok
+    }
 }
 
 /// Whether a field may travel in a trailer section (RFC 9110 §6.5.1): not one that frames

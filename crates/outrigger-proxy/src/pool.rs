@@ -284,14 +284,9 @@ impl EndpointPool {
                 drop_expired(&mut idle, now, self.settings.idle_timeout);
                 idle.pop_back()?
             };
-            if found.conn.is_open() {
-                return Some((
-                    found.conn,
-                    ConnInfo {
-                        reused: true,
-                        idle_for: now.saturating_duration_since(found.since),
-                    },
-                ));
+            let idle_for = now.saturating_duration_since(found.since);
+            if found.conn.is_open(idle_for) {
+                return Some((found.conn, ConnInfo { reused: true, idle_for }));
             }
             tracing::debug!(endpoint = %self.label, "idle upstream connection was closed by the upstream; skipped");
         }

@@ -307,6 +307,12 @@ impl Completion {
         }
     }
 
+    /// The longest silence allowed in the upstream's response body (the route's
+    /// `body_idle_timeout`); none before a route was chosen.
+    pub(crate) fn body_idle_timeout(&self) -> Option<Duration> {
+        self.route.as_ref().map(|r| r.body_idle)
+    }
+
     /// The client went away before the response was complete.
     pub(crate) fn client_gone(&mut self) {
         self.client_gone = true;

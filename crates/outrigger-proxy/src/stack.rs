@@ -61,7 +61,7 @@ pub struct RouteRt {
     /// The whole request, retries included, must get its response head within this.
     pub timeout: Duration,
     /// After the head, the longest silence allowed in the response body.
-    body_idle: Duration,
+    pub(crate) body_idle: Duration,
     pub(crate) in_flight: IntGauge,
     pub(crate) overhead: prometheus::Histogram,
     /// `http_server_request_duration_seconds` of its successful requests.
@@ -752,7 +752,7 @@ impl Shared {
         head.version = done.version;
         done.status = Some(status.as_u16());
         done.head_at = Some(done.started().elapsed());
-        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done)).with_idle_timeout(route.body_idle);
+        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done));
         let body = if grpc_timeout.is_some() {
             body.with_deadline(deadline, budget)
         } else {
@@ -917,9 +917,10 @@ fn routed_authority(
 ) -> Result<Option<&str>, &'static str> {
     let mut host = None;
     if carries_host {
-        let mut fields = req.headers().get_all(HOST).iter();
-        host = fields.next();
-        if fields.next().is_some() {
+        let headers = req.headers();
+        host = headers.get(HOST);
+        // Only a map with a repeated name can hold two `Host` fields (the count is free).
+        if headers.len() != headers.keys_len() && headers.get_all(HOST).iter().nth(1).is_some() {
             return Err("it has more than one Host field");
         }
     }

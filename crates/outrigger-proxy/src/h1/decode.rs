@@ -125,6 +125,8 @@ pub(super) struct Decoder {
     head_scanned: u32,
     /// Chunk-extension bytes seen in this body (at most 16 KiB).
     extension_bytes: u16,
+    /// The response had no body by rule or by its length of 0.
+    bodiless: bool,
 }
 
 impl Decoder {
@@ -138,6 +140,7 @@ impl Decoder {
             keep_alive: true,
             head_scanned: 0,
             extension_bytes: 0,
+            bodiless: false,
         }
     }
 
@@ -234,6 +237,7 @@ impl Decoder {
             buf.advance(len);
             self.head_scanned = 0;
             self.recv = self.framing_of(status, version, &mut facts, &mut headers)?;
+            self.bodiless = self.recv == Recv::Done;
             let mut parts = Response::new(()).into_parts().0;
             parts.status = status;
             parts.version = version;
@@ -296,7 +300,8 @@ impl Decoder {
                     Some(v) if facts.canonical => v,
                     _ => HeaderValue::from(n),
                 };
-                headers.insert(CONTENT_LENGTH, value);
+                // Every `Content-Length` field was left out of the map above.
+                headers.append(CONTENT_LENGTH, value);
             }
         }
         if self.head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
@@ -456,6 +461,11 @@ impl Decoder {
     /// Whether the response body has ended (or never had one).
     pub(super) fn finished(&self) -> bool {
         self.recv == Recv::Done
+    }
+
+    /// Whether the response had no body, by rule (`HEAD`, 204, 304) or by its length of 0.
+    pub(super) fn bodiless(&self) -> bool {
+        self.bodiless
     }
 
     /// Whether the response switched protocols.

@@ -36,6 +36,8 @@ use crate::net::Socket;
 
 /// The read buffer a connection starts with.
 const READ_BUF: usize = 8 * 1024;
+/// A connection idle this long is checked with a peek before reuse ([`Conn::is_open`]).
+const PEEK_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// A connection going idle keeps a grown buffer up to this size (responses of a few tens of
 /// KiB would otherwise grow it again on every request) and gives back anything larger.
 const READ_BUF_KEPT: usize = 32 * 1024;
@@ -87,6 +89,9 @@ pub(crate) struct Conn {
     out_pos: usize,
     /// The last read filled all the room there was: a large body is streaming.
     filled: bool,
+    /// The last response had no body by rule (`HEAD`, 204, 304, length 0): bytes after it
+    /// are the likeliest stray ones ([`Conn::is_open`]).
+    bodiless: bool,
 }
 
 impl Conn {
@@ -98,14 +103,30 @@ impl Conn {
             out: Vec::with_capacity(512),
             out_pos: 0,
             filled: false,
+            bodiless: false,
         })
     }
 
-    /// Whether an idle connection can carry a request: nothing is left in its buffer, and
-    /// the socket itself says the upstream has neither closed it nor sent anything unasked
-    /// (one non-blocking peek).
-    pub(crate) fn is_open(&self) -> bool {
-        self.buf.is_empty() && self.io.is_quiet()
+    /// Whether an idle connection, idle for `idle_for`, can carry a request: nothing is left
+    /// in its buffer and the upstream has neither closed it nor sent anything unasked.
+    ///
+    /// Bytes the upstream sends after a response are read as the next request's response
+    /// if they are not seen first. Where they are likely, the socket itself is asked (a
+    /// peek, one syscall): after a response that had no body by rule (`HEAD`, 204, 304, a
+    /// length of 0), which a faulty upstream may follow with one anyway, right behind it;
+    /// and after a second or more idle, when an upstream's idle timer may have sent a 408
+    /// just now. Otherwise the event loop's readiness is asked, which is free and sees all
+    /// but bytes that arrived within its last turn: peeking on every reuse cost a fifth
+    /// syscall per request, 2-5 % of the CPU (docs/architecture.md).
+    pub(crate) fn is_open(&self, idle_for: std::time::Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        if self.bodiless || idle_for >= PEEK_AFTER_IDLE {
+            self.io.is_quiet_now()
+        } else {
+            self.io.is_quiet()
+        }
     }
 
     /// Drops what a large exchange grew, before the connection waits in the pool.
@@ -443,6 +464,7 @@ where
         reusable.then(|| {
             let mut conn = self.conn;
             conn.shrink();
+            conn.bodiless = self.dec.bodiless();
             conn
         })
     }
@@ -712,7 +734,7 @@ mod tests {
         let conn = exchange
             .into_reusable()
             .expect("a clean keep-alive exchange is reusable");
-        assert!(conn.is_open());
+        assert!(conn.is_open(Duration::ZERO));
     }
 
     #[tokio::test]
@@ -1180,7 +1202,7 @@ mod tests {
                 (resp.unwrap(), up)
             };
             let conn = resp.into_body().into_reusable().unwrap();
-            assert!(conn.is_open(), "a quiet idle connection is open");
+            assert!(conn.is_open(Duration::ZERO), "a quiet idle connection is open");
             let mut up = up;
             match unasked {
                 Some(bytes) => up.write_all(bytes).await.unwrap(),
@@ -1188,7 +1210,7 @@ mod tests {
             }
             // The event loop learns of it when it next polls the socket: wait for that.
             tokio::time::timeout(LIMIT, async {
-                while conn.is_open() {
+                while conn.is_open(Duration::ZERO) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             })
@@ -1197,23 +1219,50 @@ mod tests {
         }
     }
 
-    /// Bytes that reached the socket before the event loop has looked (no await between
-    /// the upstream's write and the reuse) are still seen: the socket itself is asked.
+    /// Where stray bytes are likely (after a response with no body by rule, after a long
+    /// idle), bytes that reached the socket before the event loop has looked (no await
+    /// between the upstream's write and the reuse) are still seen: the socket is asked.
     #[tokio::test(flavor = "current_thread")]
     async fn stray_bytes_the_event_loop_has_not_seen_yet_stop_a_reuse() {
-        for stray in [&b"HTTP/1.1 408 Request Timeout\r\n\r\n"[..], b"x"] {
-            let (conn, up) = pair().await;
-            assert!(conn.is_open());
+        for (method, answer) in [
+            ("HEAD", &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"[..]),
+            ("GET", b"HTTP/1.1 204 No Content\r\n\r\n"),
+            ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ] {
+            let (conn, mut up) = pair().await;
+            let upstream = async {
+                read_head(&mut up).await;
+                up.write_all(answer).await.unwrap();
+            };
+            let (resp, ()) = tokio::join!(exchange(conn, request(method, "/", empty())).response(), upstream);
+            let conn = resp
+                .unwrap()
+                .into_body()
+                .into_reusable()
+                .expect("a clean bodiless exchange");
+            assert!(conn.is_open(Duration::ZERO));
             let mut up = up.into_std().unwrap();
             up.set_nonblocking(false).unwrap();
-            std::io::Write::write_all(&mut up, stray).unwrap();
+            std::io::Write::write_all(&mut up, b"hello").unwrap();
             // No await since the write: the runtime's readiness still says "quiet".
-            assert!(!conn.is_open(), "{:?} must be noticed", String::from_utf8_lossy(stray));
+            assert!(
+                !conn.is_open(Duration::ZERO),
+                "a body after {method} {answer:?} must be noticed"
+            );
         }
+        // A long idle: a 408 from the upstream's idle timer, written just now.
         let (conn, up) = pair().await;
-        let up = up.into_std().unwrap();
-        up.shutdown(std::net::Shutdown::Write).unwrap();
-        assert!(!conn.is_open(), "a close must be noticed at once");
+        assert!(conn.is_open(PEEK_AFTER_IDLE));
+        let mut up = up.into_std().unwrap();
+        up.set_nonblocking(false).unwrap();
+        std::io::Write::write_all(&mut up, b"HTTP/1.1 408 Request Timeout\r\n\r\n").unwrap();
+        assert!(
+            !conn.is_open(PEEK_AFTER_IDLE),
+            "a 408 after a long idle must be noticed"
+        );
+        let (conn, up) = pair().await;
+        up.into_std().unwrap().shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!conn.is_open(PEEK_AFTER_IDLE), "a close must be noticed at once");
     }
 
     /// A response carrying `body`: framed by length (0), chunked at `cuts` (1, with a trailer
