@@ -1232,7 +1232,62 @@ mod tests {
             "",
             "garbage",
         ];
-        for wire in cases {
+        // hyper's own chunk-size line cases (proto/h1/decode.rs tests), each as a whole body.
+        let size_lines: &[(&str, Option<usize>)] = &[
+            ("1\r\n", Some(1)),
+            ("01\r\n", Some(1)),
+            ("A\r\n", Some(10)),
+            ("a\r\n", Some(10)),
+            ("Ff\r\n", Some(255)),
+            ("Ff   \r\n", Some(255)),
+            ("1;extension\r\n", Some(1)),
+            ("a;ext name=value\r\n", Some(10)),
+            ("1;extension;extension2\r\n", Some(1)),
+            ("1;;;  ;\r\n", Some(1)),
+            ("2; extension...\r\n", Some(2)),
+            ("3   ; extension=123\r\n", Some(3)),
+            ("3   ;\r\n", Some(3)),
+            ("3   ;   \r\n", Some(3)),
+            ("F\rF", None),
+            ("F", None),
+            ("\r\n\r\n", None),
+            ("\r\n", None),
+            ("X\r\n", None),
+            ("1X\r\n", None),
+            ("-\r\n", None),
+            ("-1\r\n", None),
+            ("1 invalid extension\r\n", None),
+            ("1 A\r\n", None),
+            ("1;no CRLF", None),
+            ("1;reject\nnewlines\r\n", None),
+            ("f0000000000000003\r\n", None),
+        ];
+        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut generated: Vec<String> = size_lines
+            .iter()
+            .map(|(line, size)| match size {
+                Some(n) => format!("{head}{line}{}\r\n0\r\n\r\n", "x".repeat(*n)),
+                None => format!("{head}{line}"),
+            })
+            .collect();
+        for ((line, size), wire) in size_lines.iter().zip(&generated) {
+            // Our decoder alone, as hyper's tests state it.
+            let got = ours(wire.as_bytes(), &[usize::MAX], false, false);
+            match size {
+                Some(n) => assert!(
+                    matches!(&got, Outcome::Answered { body, .. } if body.len() == *n),
+                    "{line:?}: {got:?}"
+                ),
+                None => assert!(matches!(got, Outcome::BodyError(..)), "{line:?}: {got:?}"),
+            }
+        }
+        generated.extend([
+            format!("{head}10\r\n1234567890abcdef\r\n0\r\nbad\r\r\n"),
+            format!("{head}1\r\nZ\r\n\r\n\r\n"),
+            format!("{head}10\r\n1234567890abcdef\r\n0\r\nExpires: Wed, 21 Oct 2015 07:28:00 GMT\r\nX-Stream-Error: failed to decode\r\n\r\n"),
+            format!("{head}3\r\nfoo\r\n3\r\nbar\r\n0\r\nx: first\r\nx: second\r\n\r\n"),
+        ]);
+        for wire in cases.iter().copied().chain(generated.iter().map(String::as_str)) {
             for sizes in [&[usize::MAX][..], &[1], &[5, 2]] {
                 for head_request in [false, true] {
                     agree(wire.as_bytes(), sizes, head_request, false);
