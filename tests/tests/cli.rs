@@ -184,3 +184,21 @@ fn a_duration_too_long_to_mean_anything_is_refused_with_its_position() {
     assert!(err.contains("fix: give a real bound"), "{err}");
     assert!(err.contains("2 errors in"), "{err}");
 }
+
+/// A `tls:` section this version cannot enforce stops both `check` and `run`: a listener
+/// that was asked to encrypt must never start serving plain text.
+#[test]
+fn tls_sections_are_refused_by_check_and_run() {
+    let yaml = "listeners:\n  - name: inbound\n    address: 127.0.0.1:0\n    tls:\n      cert: /etc/outrigger/tls/tls.crt\n      key: /etc/outrigger/tls/tls.key\n\
+                upstreams:\n  app:\n    endpoints: [127.0.0.1:8080]\n\
+                routes:\n  - {name: default, match: {path_prefix: /}, upstream: app}\n";
+    let file = temp_file("tls.yaml", yaml);
+    let err = check_refuses(
+        &file,
+        &["5:7: listeners[0].tls: TLS is not supported by this version of outrigger"],
+    );
+    assert!(err.contains("fix: remove `tls:`"), "{err}");
+    let (code, out, err) = run_cli(&["run", "-c", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "run must refuse it too: {out}{err}");
+    assert!(err.contains("TLS is not supported"), "{err}");
+}

@@ -277,6 +277,12 @@ fn listener(cx: &mut Cx, node: &Node, path: &str) -> Option<Listener> {
             client_ca,
         })
     });
+    refuse_tls(
+        cx,
+        &f,
+        "serve this listener in plain text",
+        "terminate TLS in front of outrigger",
+    );
     let limits = f
         .opt(cx, "limits", |cx, n, p| {
             let l = cx.fields(
@@ -441,6 +447,12 @@ fn upstream(cx: &mut Cx, upstream_name: &str, node: &Node, path: &str) -> Option
         }
         Some(tls)
     });
+    refuse_tls(
+        cx,
+        &f,
+        "connect to this upstream in plain text",
+        "point the upstream at a plain-HTTP port (in a pod the app is on loopback)",
+    );
     let pool = f
         .opt(cx, "pool", |cx, n, p| {
             let pf = cx.fields(n, p, &["idle_timeout", "max_idle_per_endpoint"]);
@@ -719,6 +731,20 @@ fn route_match(cx: &mut Cx, n: &Node, p: &str) -> Option<RouteMatch> {
         );
     }
     Some(m)
+}
+
+/// A `tls` section is read (so its own mistakes are reported too) but refused: this version
+/// has no TLS, and a setting that is accepted and not enforced would let traffic a user
+/// asked to encrypt go in plain text, silently.
+fn refuse_tls(cx: &mut Cx, f: &Fields<'_>, consequence: &str, instead: &str) {
+    if let Some(node) = f.node("tls") {
+        cx.error(
+            node.pos,
+            &f.child_path("tls"),
+            format!("TLS is not supported by this version of outrigger: it would {consequence}"),
+            format!("remove `tls:`; {instead}"),
+        );
+    }
 }
 
 fn status(cx: &mut Cx, node: &Node, path: &str) -> Option<u16> {

@@ -401,3 +401,29 @@ fn body_idle_timeout_defaults_to_the_route_timeout_and_connect_is_refused() {
         "{p}"
     );
 }
+
+/// A setting that is accepted but not enforced would let traffic meant to be encrypted go in
+/// plain text: `tls:` is refused until TLS is built, with its position and a fix.
+#[test]
+fn tls_sections_are_refused_not_ignored() {
+    let listener = problems(&format!(
+        "listeners:\n  - name: inbound\n    address: 127.0.0.1:1\n    tls: {{cert: /c.pem, key: /k.pem}}\n{BASE_UPSTREAMS}{BASE_ROUTES}"
+    ));
+    assert_eq!(listener.len(), 1, "{listener:#?}");
+    assert!(
+        listener[0].starts_with("4:10 listeners[0].tls: TLS is not supported by this version of outrigger: it would serve this listener in plain text | remove `tls:`"),
+        "{listener:#?}"
+    );
+    let upstream = problems(&format!(
+        "{BASE_LISTENERS}upstreams:\n  app:\n    endpoints: [127.0.0.1:8080]\n    tls: {{server_name: app.internal}}\n{BASE_ROUTES}"
+    ));
+    assert_eq!(upstream.len(), 1, "{upstream:#?}");
+    assert!(
+        upstream[0].contains("upstreams.app.tls: TLS is not supported"),
+        "{upstream:#?}"
+    );
+    assert!(
+        upstream[0].contains("connect to this upstream in plain text"),
+        "{upstream:#?}"
+    );
+}
