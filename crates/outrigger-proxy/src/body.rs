@@ -2,7 +2,7 @@
 //!
 //! [`RequestBody`] goes to the upstream; [`ResponseBody`] goes back to the client. Both
 //! stream frame by frame (data and trailers) with hyper's backpressure: nothing here buffers
-//! a whole body. [`ResponseBody`] also carries the request's [`Completion`], which records
+//! a whole body. [`ResponseBody`] also carries the request's `Completion`, which records
 //! the access log line and metrics when the last frame has been handed to the client, or
 //! when the client goes away first.
 

@@ -38,7 +38,7 @@ pub use scripted::{Act, Scripted};
 /// How the upstream behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Answer at once: `200 ok` on most paths; see the path list in [`paths`].
+    /// Answer at once: `200 ok` on most paths; see the path list in `paths.rs`.
     Ok,
     /// Answer like `Ok`, after this delay.
     Delay(Duration),

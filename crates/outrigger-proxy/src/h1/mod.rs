@@ -10,7 +10,7 @@
 //! What it speaks (RFC 9112): requests framed by `Content-Length`, or chunked when the length
 //! is unknown (trailers included); responses framed by `Content-Length`, chunked (trailers
 //! passed on) or by the connection's close; no body for `HEAD`, 1xx, 204 and 304; interim
-//! 1xx responses skipped; `101 Switching Protocols` hands the socket over ([`Upgraded`]).
+//! 1xx responses skipped; `101 Switching Protocols` hands the socket over (`Upgraded`).
 //! The request body keeps flowing while the response streams (an echo, a slow upload) and a
 //! response that ends first ends the exchange. A connection is reused only when both
 //! messages ended cleanly and the upstream did not ask to close.
