@@ -63,10 +63,10 @@ fn strip_hop_by_hop_and_forwarding(bencher: divan::Bencher) {
     base.insert("user-agent", HeaderValue::from_static("bench/1.0"));
     base.insert("accept", HeaderValue::from_static("*/*"));
     // Made once per client connection in the proxy.
-    let forwarding = outrigger_proxy::headers::Forwarding::new([10, 0, 0, 1].into(), "http");
+    let forwarding = outrigger_proxy::http::headers::Forwarding::new([10, 0, 0, 1].into(), "http");
     bencher.with_inputs(|| base.clone()).bench_local_values(|mut h| {
-        outrigger_proxy::headers::strip_hop_by_hop(&mut h, false);
-        outrigger_proxy::headers::add_forwarding(&mut h, &forwarding);
+        outrigger_proxy::http::headers::strip_hop_by_hop(&mut h, false);
+        outrigger_proxy::http::added::add_forwarding(&mut h, &forwarding);
         h
     });
 }
@@ -74,7 +74,7 @@ fn strip_hop_by_hop_and_forwarding(bencher: divan::Bencher) {
 #[divan::bench]
 fn request_id_generate(bencher: divan::Bencher) {
     let h = HeaderMap::new();
-    bencher.bench_local(|| outrigger_proxy::headers::request_id(divan::black_box(&h)));
+    bencher.bench_local(|| outrigger_proxy::http::headers::request_id(divan::black_box(&h)));
 }
 
 #[divan::bench]

@@ -202,10 +202,10 @@ impl std::fmt::Display for BodyIdle {
 impl std::error::Error for BodyIdle {}
 
 /// Takes the fields that may not be trailers out of a trailers frame
-/// ([`headers::strip_trailers`](crate::headers::strip_trailers)); data frames pass as they are.
+/// ([`headers::strip_trailers`](crate::http::headers::strip_trailers)); data frames pass as they are.
 fn strip_forbidden_trailers(frame: &mut Frame<Bytes>) {
     if let Some(trailers) = frame.trailers_mut() {
-        crate::headers::strip_trailers(trailers);
+        crate::http::headers::strip_trailers(trailers);
     }
 }
 

@@ -462,7 +462,7 @@ pub fn render(err: &ProxyError, cx: &RenderContext<'_>) -> Response<ProxyBody> {
     let code = err.code();
     let mut builder = Response::builder()
         .header("outrigger-error", HeaderValue::from_static(code))
-        .header(crate::headers::X_REQUEST_ID, cx.request_id);
+        .header(crate::http::headers::X_REQUEST_ID, cx.request_id);
     if let Some(secs) = err.retry_after() {
         builder = builder.header(RETRY_AFTER, secs);
     }

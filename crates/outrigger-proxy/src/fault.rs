@@ -9,7 +9,7 @@ use outrigger_config::Fault;
 
 /// The request header that asks for a fault: `abort=503`, `delay=500ms`, or both
 /// separated by a comma.
-pub const FAULT_HEADER: &str = "x-outrigger-fault";
+pub use crate::http::headers::FAULT_HEADER;
 
 /// The faults chosen for one request.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -5,16 +5,13 @@
 //! itself reads top to bottom in [`stack`].
 
 mod admin;
-mod arena;
 pub mod balance;
 pub mod body;
 pub mod circuit;
-mod clock;
 pub mod error;
 pub mod fault;
 pub mod h1;
-pub mod headers;
-mod net;
+pub mod http;
 pub mod pool;
 mod record;
 pub mod replay;
@@ -23,7 +20,7 @@ pub mod router;
 mod series;
 mod server;
 pub mod stack;
-pub mod trace;
+mod sys;
 pub mod upstream;
 
 use std::future::Future;

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use crate::body::{BoxError, RequestBody};
 use crate::h1;
-use crate::net::Socket;
+use crate::sys::net::Socket;
 
 /// Pool settings of one upstream.
 #[derive(Clone, Debug)]
@@ -153,7 +153,7 @@ impl EndpointPool {
     pub async fn send_http1(
         self: &Arc<Self>,
         head: &http::request::Parts,
-        added: &crate::headers::Added,
+        added: &crate::http::added::Added,
         body: RequestBody,
         fresh_only: bool,
         now: Instant,

@@ -200,7 +200,7 @@ pub(crate) struct Completion {
     /// When the upstream's response head was handed back (for the overhead histogram).
     pub(crate) head_at: Option<Duration>,
     /// The trace this request belongs to.
-    pub(crate) trace: crate::trace::TraceContext,
+    pub(crate) trace: crate::http::trace::TraceContext,
     /// The client asked for HTML error pages.
     pub(crate) wants_html: bool,
     /// The fallback served, by the code it stands in for.
@@ -218,8 +218,8 @@ impl Completion {
         shared: Arc<Shared>,
         req: &Request<Incoming>,
         request_id: HeaderValue,
-        carried: crate::headers::Carried,
-        trace: crate::trace::TraceContext,
+        carried: crate::http::headers::Carried,
+        trace: crate::http::trace::TraceContext,
         conn_active: Arc<AtomicUsize>,
         arrived: Instant,
     ) -> Box<Self> {
@@ -549,7 +549,7 @@ impl Completion {
     /// One server span for the request and one client span per attempt, with the ids that
     /// went out in `traceparent` (so the upstream's spans hang under the right attempt).
     fn export_spans(&self, spans: &SpanQueue, duration: Duration, code: Option<&str>, class: Option<&str>) {
-        let start = crate::clock::wall_at(self.start.into_std());
+        let start = crate::sys::clock::wall_at(self.start.into_std());
         let end = start.checked_add(duration).unwrap_or(start);
         let trace_id = TraceId::from(self.trace.trace_id);
         let server_id = SpanId::from(self.trace.span_id);

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 use outrigger_config::ListenerLimits;
 
-use crate::net::Socket;
 use crate::stack::{ConnCtx, Shared};
+use crate::sys::net::Socket;
 
 /// The HTTP server settings of one listener: HTTP/1.1 and HTTP/2 (prior knowledge, told
 /// apart by the connection's first bytes) on the same port.
@@ -98,7 +98,7 @@ pub(crate) async fn accept_loop(
             listener: index,
             peer,
             active: Arc::new(AtomicUsize::new(0)),
-            forwarding: crate::headers::Forwarding::new(peer.ip(), "http"),
+            forwarding: crate::http::headers::Forwarding::new(peer.ip(), "http"),
             attempt_timer: std::sync::Mutex::new(None),
         });
         tokio::spawn(serve_connection(
@@ -183,9 +183,9 @@ async fn respond(
 ) -> Result<hyper::Response<crate::body::ResponseBody>, Infallible> {
     // The request's one arrival reading: its record's start and its new id's timestamp.
     let arrived = tokio::time::Instant::now();
-    let carried = crate::headers::carried(req.headers());
+    let carried = crate::http::headers::carried(req.headers());
     let (mut id, version) = (
-        crate::headers::request_id_of(req.headers(), carried, arrived.into_std()),
+        crate::http::headers::request_id_of(req.headers(), carried, arrived.into_std()),
         req.version(),
     );
     // Marked never-indexed for HPACK: a value unique to each request only churns the HTTP/2

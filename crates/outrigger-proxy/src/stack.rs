@@ -42,12 +42,12 @@ use crate::balance::Health;
 use crate::body::{ClientBody, ProxyBody, RequestBody, ResponseBody};
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
 use crate::fault::{self, FAULT_HEADER};
-use crate::headers::{self, X_REQUEST_ID};
+use crate::http::headers::{self, X_REQUEST_ID};
+use crate::http::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use crate::record::{Attempt, AttemptOutcome, Completion, NextStep};
 use crate::replay::ReplayBody;
 use crate::retry::{self, Decision, Reason, RetryRt};
 use crate::router::{RouteQuery, Router, split_authority};
-use crate::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use crate::upstream::{AttemptResponse, UpstreamRt};
 
 /// A route at run time.
@@ -458,7 +458,7 @@ impl Shared {
         let upgrading = req.version() == Version::HTTP_11 && carried.upgrade && headers::is_upgrade(req.headers());
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let mut added = headers::Added::new(request_id.clone());
+        let mut added = crate::http::added::Added::new(request_id.clone());
         rewrite(
             &mut parts,
             &mut added,
@@ -529,7 +529,7 @@ impl Shared {
             // Each attempt's own fields (its span in `traceparent`, the time left in
             // `grpc-timeout`) replace the previous attempt's beside the client's head, which
             // is written as it is (HTTP/1.1) or copied once (HTTP/2), never cloned per attempt.
-            let span_id = done.trace.inject(&mut added);
+            let span_id = added.set_trace(&done.trace);
             if grpc_timeout.is_some() {
                 added.grpc_timeout = HeaderValue::from_str(&format_grpc_timeout(remaining)).ok();
             }
@@ -949,7 +949,7 @@ fn routed_authority(
 /// request id, trace context) taken out.
 fn rewrite(
     parts: &mut Parts,
-    added: &mut headers::Added,
+    added: &mut crate::http::added::Added,
     absolute_form: bool,
     upgrading: bool,
     carried: headers::Carried,
@@ -963,7 +963,7 @@ fn rewrite(
     };
     if let Some(a) = target_authority {
         // Carved, not allocated (`arena`); an authority the URI parser took is a valid value.
-        if let Ok(a) = HeaderValue::from_maybe_shared(crate::arena::copy(a.as_str().as_bytes())) {
+        if let Ok(a) = HeaderValue::from_maybe_shared(crate::sys::arena::copy(a.as_str().as_bytes())) {
             parts.headers.insert(HOST, a);
         }
     } else if !carried.host {

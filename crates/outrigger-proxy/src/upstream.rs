@@ -156,7 +156,7 @@ impl UpstreamRt {
     pub async fn send_to(
         pool: &Arc<EndpointPool>,
         head: &http::request::Parts,
-        added: &crate::headers::Added,
+        added: &crate::http::added::Added,
         body: RequestBody,
         http2: bool,
         fresh_only: bool,

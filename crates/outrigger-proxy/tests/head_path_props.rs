@@ -9,8 +9,9 @@
 )]
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use outrigger_proxy::headers::{
-    Carried, Forwarding, add_forwarding, carried, is_upgrade, request_id, strip_hop_by_hop, valid_percent_encoding,
+use outrigger_proxy::http::added::add_forwarding;
+use outrigger_proxy::http::headers::{
+    Carried, Forwarding, carried, is_upgrade, request_id, strip_hop_by_hop, valid_percent_encoding,
 };
 use outrigger_proxy::router::split_authority;
 use outrigger_resilience::deadline::parse_grpc_timeout;

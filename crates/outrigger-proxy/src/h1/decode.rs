@@ -34,7 +34,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 
 use super::Error;
-use crate::headers::{is_named, list_items};
+use crate::http::headers::{is_named, list_items};
 
 /// A response head larger than this is refused. Envoy's default limit for headers is 60 KiB.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -192,13 +192,13 @@ impl Decoder {
             };
             // One copy of the head; every header value is a slice of it.
             let base = buf.as_ptr() as usize;
-            let head = crate::arena::copy(&buf[..len]);
+            let head = crate::sys::arena::copy(&buf[..len]);
             let slice = |value: &[u8]| {
                 let at = value.as_ptr() as usize - base;
                 HeaderValue::from_maybe_shared(head.slice(at..at + value.len()))
                     .map_err(|_| Error::Protocol("a header value is not valid"))
             };
-            let mut headers = crate::headers::spare_map(parsed.headers.len());
+            let mut headers = crate::http::headers::spare_map(parsed.headers.len());
             let mut facts = HeadFacts::default();
             for h in parsed.headers.iter() {
                 // The fields that decide the framing are read here, from the bytes; the
@@ -504,7 +504,7 @@ fn take(buf: &mut BytesMut, n: usize) -> Bytes {
     if n >= SPLIT_MIN && n * 4 >= buf.capacity() {
         return buf.split_to(n).freeze();
     }
-    let chunk = crate::arena::copy(&buf[..n]);
+    let chunk = crate::sys::arena::copy(&buf[..n]);
     buf.advance(n);
     chunk
 }

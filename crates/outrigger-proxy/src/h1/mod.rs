@@ -31,8 +31,8 @@ mod decode;
 use decode::{Decoder, READ_BUF_MAX, Step, digits};
 
 use crate::body::{BoxError, RequestBody};
-use crate::headers::Added;
-use crate::net::Socket;
+use crate::http::added::Added;
+use crate::sys::net::Socket;
 
 /// The read buffer a connection starts with.
 const READ_BUF: usize = 8 * 1024;
@@ -1043,7 +1043,7 @@ mod tests {
         let resp = resp.unwrap();
         assert_eq!(resp.headers().get("connection").unwrap(), "close, x-hop");
         let mut head = resp.headers().clone();
-        crate::headers::strip_hop_by_hop(&mut head, false);
+        crate::http::headers::strip_hop_by_hop(&mut head, false);
         assert!(head.len() == 1 && head.contains_key(CONTENT_LENGTH), "{head:?}");
         let (body, exchange) = body_of(resp).await;
         body.unwrap();

@@ -8,11 +8,13 @@ use http::header::{CONNECTION, HeaderMap, HeaderName, HeaderValue, TE, TRANSFER_
 
 /// `x-request-id`: kept when sane, generated otherwise, echoed on every response.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// `x-outrigger-fault`: a request's own fault, when its route allows that (`fault`).
+pub const FAULT_HEADER: &str = "x-outrigger-fault";
 /// `grpc-timeout`: a gRPC request's deadline.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -64,7 +66,7 @@ pub fn carried(headers: &HeaderMap) -> Carried {
             "x-request-id" => c.request_id = true,
             "traceparent" => c.traceparent = true,
             "tracestate" => c.tracestate = true,
-            crate::fault::FAULT_HEADER => c.fault = true,
+            FAULT_HEADER => c.fault = true,
             "x-forwarded-for" | "x-forwarded-proto" | "forwarded" => c.forwarding = true,
             "host" => c.host = true,
             "accept" => c.accept = true,
@@ -101,7 +103,7 @@ pub fn request_id_of(headers: &HeaderMap, carried: Carried, arrived: std::time::
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     // Not `Timestamp::now`: it goes through a u128 of nanoseconds and divides it back (about
     // 150 instructions), panics on a clock set before 1970, and reads the clock again.
-    let since_epoch = crate::clock::wall_since_epoch(arrived);
+    let since_epoch = crate::sys::clock::wall_since_epoch(arrived);
     let id = ID_CONTEXT
         .with(|context| {
             uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
@@ -113,7 +115,7 @@ pub fn request_id_of(headers: &HeaderMap, carried: Carried, arrived: std::time::
         .hyphenated()
         .encode_lower(&mut buf);
     // A hyphenated UUID is always a valid header value. Carved, not allocated: see `arena`.
-    HeaderValue::from_maybe_shared(crate::arena::copy(id.as_bytes()))
+    HeaderValue::from_maybe_shared(crate::sys::arena::copy(id.as_bytes()))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
@@ -251,11 +253,11 @@ struct Present {
 /// without forwarding headers of its own costs no allocation.
 #[derive(Clone, Debug)]
 pub struct Forwarding {
-    proto: &'static str,
+    pub(crate) proto: &'static str,
     /// The peer, as an `X-Forwarded-For` element.
-    xff: Option<HeaderValue>,
+    pub(crate) xff: Option<HeaderValue>,
     /// `for=<peer>;proto=<proto>`, as a `Forwarded` element (RFC 7239: IPv6 quoted and bracketed).
-    forwarded: Option<HeaderValue>,
+    pub(crate) forwarded: Option<HeaderValue>,
 }
 
 impl Forwarding {
@@ -273,16 +275,9 @@ impl Forwarding {
     }
 }
 
-/// Appends the peer to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
-pub fn add_forwarding(headers: &mut HeaderMap, f: &Forwarding) {
-    let mut added = Added::default();
-    added.forward(headers, true, f);
-    added.insert_into(headers);
-}
-
 /// `item` appended to the list `prior` (`a, b`); `prior` unchanged if the result would not
 /// be a valid field value.
-fn append_to_list(prior: Option<HeaderValue>, item: &HeaderValue) -> HeaderValue {
+pub(crate) fn append_to_list(prior: Option<HeaderValue>, item: &HeaderValue) -> HeaderValue {
     let Some(prior) = prior.filter(|p| !p.is_empty()) else {
         return item.clone();
     };
@@ -291,96 +286,6 @@ fn append_to_list(prior: Option<HeaderValue>, item: &HeaderValue) -> HeaderValue
     v.extend_from_slice(b", ");
     v.extend_from_slice(item.as_bytes());
     HeaderValue::from_bytes(&v).unwrap_or(prior)
-}
-
-/// The fields this proxy sets on an upstream request, kept beside the client's fields
-/// rather than inserted among them: the HTTP/1.1 client writes them after the client's, with
-/// no hashing and no map insertion (for these non-standard names that was about 1,000
-/// instructions a request), and HTTP/2 inserts them into its own copy of the map. Where the
-/// client sent one of them, [`Added::forward`] and `rewrite` take the client's out of the map.
-#[derive(Clone, Debug, Default)]
-pub struct Added {
-    /// `x-request-id`.
-    pub request_id: Option<HeaderValue>,
-    /// `x-forwarded-for`: the client's list with the peer appended (inbound listeners).
-    pub forwarded_for: Option<HeaderValue>,
-    /// `x-forwarded-proto`.
-    pub forwarded_proto: Option<HeaderValue>,
-    /// `forwarded`: the client's list with this hop's element appended.
-    pub forwarded: Option<HeaderValue>,
-    /// `traceparent`: each attempt's own, kept as its bytes (HTTP/1.1 writes them as they are).
-    pub traceparent: Option<crate::trace::TraceParent>,
-    /// `tracestate`, forwarded with a valid inbound `traceparent`.
-    pub tracestate: Option<HeaderValue>,
-    /// `grpc-timeout`: the time left, per attempt.
-    pub grpc_timeout: Option<HeaderValue>,
-}
-
-impl Added {
-    /// Starts with the request id (every upstream request carries one).
-    pub fn new(request_id: HeaderValue) -> Self {
-        Added {
-            request_id: Some(request_id),
-            ..Added::default()
-        }
-    }
-
-    /// Sets the forwarding fields for this hop; `carried` says whether the client sent any,
-    /// which are then taken out of `headers` (their lists continue in ours).
-    pub fn forward(&mut self, headers: &mut HeaderMap, carried: bool, f: &Forwarding) {
-        let (prior_xff, prior_fwd) = if carried {
-            headers.remove(X_FORWARDED_PROTO);
-            (headers.remove(X_FORWARDED_FOR), headers.remove(FORWARDED))
-        } else {
-            (None, None)
-        };
-        self.forwarded_for = match &f.xff {
-            Some(xff) => Some(append_to_list(prior_xff, xff)),
-            None => prior_xff,
-        };
-        self.forwarded_proto = Some(HeaderValue::from_static(f.proto));
-        self.forwarded = match &f.forwarded {
-            Some(fwd) => Some(append_to_list(prior_fwd, fwd)),
-            None => prior_fwd,
-        };
-    }
-
-    /// The fields held as header values, in the order they are written.
-    fn values(&self) -> [(HeaderName, Option<&HeaderValue>); 6] {
-        [
-            (X_REQUEST_ID, self.request_id.as_ref()),
-            (X_FORWARDED_FOR, self.forwarded_for.as_ref()),
-            (X_FORWARDED_PROTO, self.forwarded_proto.as_ref()),
-            (FORWARDED, self.forwarded.as_ref()),
-            (crate::trace::TRACESTATE, self.tracestate.as_ref()),
-            (GRPC_TIMEOUT, self.grpc_timeout.as_ref()),
-        ]
-    }
-
-    /// Calls `f` with the name and value of each field that is set, in a fixed order
-    /// (`traceparent` last).
-    pub fn each(&self, mut f: impl FnMut(&str, &[u8])) {
-        for (name, value) in self.values() {
-            if let Some(v) = value {
-                f(name.as_str(), v.as_bytes());
-            }
-        }
-        if let Some(tp) = &self.traceparent {
-            f(crate::trace::TRACEPARENT.as_str(), tp.as_bytes());
-        }
-    }
-
-    /// Puts the fields into a header map (HTTP/2, whose client takes a map).
-    pub fn insert_into(&self, headers: &mut HeaderMap) {
-        for (name, value) in self.values() {
-            if let Some(v) = value {
-                headers.insert(name, v.clone());
-            }
-        }
-        if let Some(tp) = &self.traceparent {
-            headers.insert(crate::trace::TRACEPARENT, tp.to_header_value());
-        }
-    }
 }
 
 /// Whether every `%` in `path` starts a valid escape (`%` and two hex digits).
@@ -534,7 +439,7 @@ fn may_be_trailer(name: &HeaderName) -> bool {
             | "grpc-timeout"
             | "outrigger-error"
             | "outrigger-fallback"
-            | crate::fault::FAULT_HEADER
+            | FAULT_HEADER
     ) && !name.as_str().starts_with("x-b3-")
 }
 
@@ -721,16 +626,6 @@ mod tests {
         assert!(!valid_percent_encoding("/a%zz"));
         assert!(!valid_percent_encoding("/%"));
         assert!(valid_percent_encoding("/plain"));
-    }
-
-    #[test]
-    fn forwarding_headers_append() {
-        let mut h = HeaderMap::new();
-        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
-        add_forwarding(&mut h, &Forwarding::new("::1".parse().unwrap(), "http"));
-        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7, ::1");
-        assert_eq!(h[X_FORWARDED_PROTO], "http");
-        assert_eq!(h[FORWARDED], "for=\"[::1]\";proto=http");
     }
 
     #[test]

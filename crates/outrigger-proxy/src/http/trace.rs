@@ -9,7 +9,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use outrigger_telemetry::logging::lower_hex_into;
 
-use crate::headers::{Added, Carried};
+use super::headers::Carried;
 
 /// `traceparent`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -128,7 +128,7 @@ pub fn parse_b3(h: &HeaderMap) -> Option<(u128, u64, bool)> {
 impl TraceContext {
     /// The context of an inbound request: continued from a valid `traceparent` (or B3 when
     /// `accept_b3`), else a new trace sampled with probability `sample_ratio`.
-    /// `carried` says which of the trace fields are there ([`crate::headers::carried`]).
+    /// `carried` says which of the trace fields are there ([`crate::http::headers::carried`]).
     pub fn from_request(h: &HeaderMap, carried: Carried, accept_b3: bool, sample_ratio: f64) -> Self {
         let span_id = nonzero_u64();
         let w3c = if carried.traceparent { h.get(TRACEPARENT) } else { None };
@@ -193,22 +193,12 @@ impl TraceContext {
         }
         (TraceParent(buf), span)
     }
-
-    /// Sets the propagation fields of one upstream attempt: the child `traceparent`, and
-    /// `tracestate` only when it came with a valid inbound `traceparent` (`rewrite` has taken
-    /// the client's own out of the head). Returns the attempt's span id.
-    pub fn inject(&self, added: &mut Added) -> u64 {
-        let (tp, span) = self.child();
-        added.traceparent = Some(tp);
-        added.tracestate.clone_from(&self.tracestate);
-        span
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::carried;
+    use crate::http::headers::carried;
 
     const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -243,35 +233,6 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
         }
-    }
-
-    #[test]
-    fn requests_continue_or_start_traces_and_children_keep_the_trace() {
-        let mut h = HeaderMap::new();
-        h.insert(TRACEPARENT, HeaderValue::from_static(GOOD));
-        h.insert(TRACESTATE, HeaderValue::from_static("congo=t61rcWkgMzE"));
-        let cx = TraceContext::from_request(&h, carried(&h), false, 0.0);
-        assert_eq!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(cx.sampled && !cx.rejected);
-        let mut added = Added::default();
-        let span = cx.inject(&mut added);
-        let mut out = HeaderMap::new();
-        added.insert_into(&mut out);
-        let tp = out[TRACEPARENT].to_str().unwrap();
-        assert!(
-            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-01"),
-            "{tp}"
-        );
-        assert_eq!(&tp[36..52], format!("{span:016x}"));
-        assert_eq!(out[TRACESTATE], "congo=t61rcWkgMzE");
-
-        h.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
-        let cx = TraceContext::from_request(&h, carried(&h), false, 1.0);
-        assert!(cx.rejected && cx.parent_id.is_none() && cx.tracestate.is_none());
-        assert_ne!(cx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        // The orphaned `tracestate` is not forwarded, and a retry clears the one before.
-        cx.inject(&mut added);
-        assert!(added.tracestate.is_none() && added.traceparent.unwrap().as_bytes() != b"garbage");
     }
 
     #[test]
