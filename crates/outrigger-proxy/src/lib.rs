@@ -14,7 +14,7 @@ pub mod h1;
 pub mod http;
 pub mod pool;
 mod record;
-pub mod replay;
+pub mod respond;
 pub mod retry;
 pub mod router;
 mod series;

@@ -180,7 +180,7 @@ async fn respond(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
     req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<crate::body::ResponseBody>, Infallible> {
+) -> Result<hyper::Response<crate::respond::ResponseBody>, Infallible> {
     // The request's one arrival reading: its record's start and its new id's timestamp.
     let arrived = tokio::time::Instant::now();
     let carried = crate::http::headers::carried(req.headers());

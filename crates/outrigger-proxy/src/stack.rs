@@ -39,13 +39,14 @@ use outrigger_resilience::deadline::{format_grpc_timeout, parse_grpc_timeout};
 use outrigger_telemetry::Metrics;
 
 use crate::balance::Health;
-use crate::body::{ClientBody, ProxyBody, RequestBody, ResponseBody};
+use crate::body::replay::ReplayBody;
+use crate::body::{ClientBody, RequestBody};
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
 use crate::fault::{self, FAULT_HEADER};
 use crate::http::headers::{self, X_REQUEST_ID};
 use crate::http::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use crate::record::{Attempt, AttemptOutcome, Completion, NextStep};
-use crate::replay::ReplayBody;
+use crate::respond::{ProxyBody, ResponseBody};
 use crate::retry::{self, Decision, Reason, RetryRt};
 use crate::router::{RouteQuery, Router, split_authority};
 use crate::upstream::{AttemptResponse, UpstreamRt};
@@ -861,7 +862,7 @@ impl Shared {
         }
         done.status = Some(parts.status.as_u16());
         done.error = Some(err);
-        Response::from_parts(parts, ResponseBody::new(body, Some(done)))
+        Response::from_parts(parts, ResponseBody::new(ProxyBody::rendered(body), Some(done)))
     }
 
     /// The answer to a request whose handler panicked: 500 internal, counted and logged at
@@ -893,7 +894,7 @@ impl Shared {
         let mut response = error::render(&err, &cx);
         *response.version_mut() = version;
         let (parts, body) = response.into_parts();
-        Response::from_parts(parts, ResponseBody::new(body, None))
+        Response::from_parts(parts, ResponseBody::new(ProxyBody::rendered(body), None))
     }
 }
 

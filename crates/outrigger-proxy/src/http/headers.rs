@@ -470,6 +470,14 @@ pub fn head_size(method: &http::Method, uri: &http::Uri, headers: &HeaderMap) ->
         .sum::<usize>()
 }
 
+/// Takes the fields that may not be trailers out of a trailers frame
+/// ([`strip_trailers`]); data frames pass as they are.
+pub(crate) fn strip_frame_trailers(frame: &mut http_body::Frame<bytes::Bytes>) {
+    if let Some(trailers) = frame.trailers_mut() {
+        crate::http::headers::strip_trailers(trailers);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

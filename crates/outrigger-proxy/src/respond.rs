@@ -1,10 +1,8 @@
-//! The bodies that cross the proxy.
-//!
-//! [`RequestBody`] goes to the upstream; [`ResponseBody`] goes back to the client. Both
-//! stream frame by frame (data and trailers) with hyper's backpressure: nothing here buffers
-//! a whole body. [`ResponseBody`] also carries the request's `Completion`, which records
-//! the access log line and metrics when the last frame has been handed to the client, or
-//! when the client goes away first.
+//! The response on its way back to the client: the upstream's streaming body or one the
+//! proxy made, with the request's completion record, which writes the access line and
+//! observes the metrics when the last frame has been handed to the client, or when the
+//! client goes away first. An upstream body that goes silent for the route's
+//! `body_idle_timeout`, or a gRPC call's that runs past its deadline, is ended with an error.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,14 +10,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
+use crate::body::BoxError;
 use crate::pool::UpstreamBody;
 use crate::record::Completion;
-use crate::replay::ReplayBody;
-
-/// The error a response body ends with: the upstream's, or a deadline passed mid-stream.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The gRPC deadline passed while the response was streaming.
 #[derive(Debug)]
@@ -36,132 +30,6 @@ impl std::fmt::Display for DeadlineExceeded {
 }
 
 impl std::error::Error for DeadlineExceeded {}
-
-/// Why the client's body was cut off on its way to the upstream.
-#[derive(Debug)]
-pub enum ClientBodyError {
-    /// More bytes than the route's `max_body_bytes`.
-    TooLarge(u64),
-    /// Nothing arrived for this long.
-    Stalled(std::time::Duration),
-}
-
-impl std::fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientBodyError::TooLarge(limit) => write!(f, "the request body is over the limit of {limit} bytes"),
-            ClientBodyError::Stalled(d) => {
-                write!(f, "the client sent nothing for {}", outrigger_resilience::humanize(*d))
-            }
-        }
-    }
-}
-
-impl std::error::Error for ClientBodyError {}
-
-/// The client's request body, counted against the route's size limit and cut off when
-/// the client stops sending for the listener's idle timeout.
-pub struct ClientBody {
-    inner: Incoming,
-    limit: Option<u64>,
-    seen: u64,
-    idle: std::time::Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl ClientBody {
-    /// Wraps a client's body.
-    pub fn new(inner: Incoming, limit: Option<u64>, idle: std::time::Duration) -> Self {
-        ClientBody {
-            inner,
-            limit,
-            seen: 0,
-            idle,
-            timer: None,
-        }
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.timer = None;
-                let mut frame = frame;
-                strip_forbidden_trailers(&mut frame);
-                this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-                match this.limit {
-                    Some(limit) if this.seen > limit => {
-                        Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge(limit)))))
-                    }
-                    _ => Poll::Ready(Some(Ok(frame))),
-                }
-            }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BoxError::from))),
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(Box::new(ClientBodyError::Stalled(idle)))));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A request body on its way to the upstream.
-pub enum RequestBody {
-    /// The client's body, streamed as it arrives (sent once). Boxed: hyper's client keeps
-    /// blocks of 32 requests per upstream connection, so every byte here costs 32 per
-    /// connection even when no request has a body.
-    Incoming(Box<ClientBody>),
-    /// The client's body, kept for a replay while it fits the replay buffer.
-    Replay(ReplayBody),
-    /// No body.
-    Empty,
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Incoming(b) => Pin::new(b.as_mut()).poll_frame(cx),
-            RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Incoming(b) => b.is_end_stream(),
-            RequestBody::Replay(b) => b.is_end_stream(),
-            RequestBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Incoming(b) => b.size_hint(),
-            RequestBody::Replay(b) => b.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
 
 /// What a response body is made of.
 pub enum ProxyBody {
@@ -183,6 +51,15 @@ impl ProxyBody {
     pub fn full(bytes: Bytes) -> Self {
         ProxyBody::Full(Some(bytes))
     }
+
+    /// An error rendered by [`crate::error::render`]: no body when it made none.
+    pub(crate) fn rendered(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::full(bytes)
+        }
+    }
 }
 
 /// The response body stopped coming: the upstream sent nothing of it for this long.
@@ -200,14 +77,6 @@ impl std::fmt::Display for BodyIdle {
 }
 
 impl std::error::Error for BodyIdle {}
-
-/// Takes the fields that may not be trailers out of a trailers frame
-/// ([`headers::strip_trailers`](crate::http::headers::strip_trailers)); data frames pass as they are.
-fn strip_forbidden_trailers(frame: &mut Frame<Bytes>) {
-    if let Some(trailers) = frame.trailers_mut() {
-        crate::http::headers::strip_trailers(trailers);
-    }
-}
 
 /// The timers of a response body that had to wait for the upstream. Made at its first wait
 /// (or with a gRPC deadline), so a body that comes with its head carries none: a larger
@@ -308,7 +177,7 @@ impl Body for ResponseBody {
                         t.idle_armed = false;
                     }
                     if let Some(Ok(f)) = &mut frame {
-                        strip_forbidden_trailers(f);
+                        crate::http::headers::strip_frame_trailers(f);
                     }
                     frame
                 }
