@@ -125,7 +125,12 @@ fn circuit_admit_and_record_success(bencher: divan::Bencher) {
     let gauge = prometheus::IntGauge::new("g", "g").expect("gauge");
     let transitions =
         prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["upstream", "from", "to"]).expect("counter");
-    let circuit = std::sync::Arc::new(outrigger_proxy::circuit::Circuit::new("app", &cfg, gauge, transitions));
+    let circuit = std::sync::Arc::new(outrigger_proxy::policy::circuit::Circuit::new(
+        "app",
+        &cfg,
+        gauge,
+        transitions,
+    ));
     bencher.bench(|| {
         let now = tokio::time::Instant::now();
         if let Ok(permit) = circuit.admit(now) {

@@ -5,19 +5,15 @@
 //! itself reads top to bottom in [`stack`].
 
 mod admin;
-pub mod balance;
 pub mod body;
-pub mod circuit;
 pub mod error;
-pub mod fault;
-pub mod h1;
 pub mod http;
-pub mod pool;
+pub mod policy;
 mod record;
 pub mod respond;
-pub mod retry;
 pub mod router;
-mod series;
+pub mod runtime;
+
 mod server;
 pub mod stack;
 mod sys;
@@ -101,8 +97,8 @@ impl Proxy {
             admin,
         } = self;
         let ready = Arc::new(AtomicBool::new(false));
-        let mut shared = stack::Shared::new(&config, metrics.clone());
         let mut span_export = None;
+        let mut spans = None;
         if let Some(endpoint) = &config.telemetry.tracing.otlp_endpoint {
             let settings = outrigger_telemetry::spans::ExportSettings::new(
                 endpoint.to_string(),
@@ -115,14 +111,14 @@ impl Proxy {
             match outrigger_telemetry::spans::start(settings, &metrics) {
                 Ok((queue, task)) => {
                     tracing::info!(kind = "lifecycle", endpoint = %endpoint, "Exporting spans to {endpoint} (OTLP).");
-                    shared = shared.with_spans(queue);
+                    spans = Some(queue);
                     span_export = Some(task);
                 }
                 // Tracing must never cost traffic: serve without it, loudly.
                 Err(e) => tracing::error!(kind = "lifecycle", "Spans will not be exported: {e}."),
             }
         }
-        let shared = Arc::new(shared);
+        let shared = Arc::new(runtime::Runtime::new(&config, metrics.clone(), spans));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
 
@@ -145,7 +141,7 @@ impl Proxy {
         }
 
         // One summary line per second for each kind of log line that rate limiting dropped.
-        let limiter = shared.log_limiter.clone();
+        let limiter = shared.sinks.log_limiter.clone();
         refreshers.push(tokio::spawn(async move {
             let every = std::time::Duration::from_secs(1);
             let mut tick = tokio::time::interval(every);

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
-use crate::pool::UpstreamBody;
 use crate::record::Completion;
+use crate::upstream::pool::UpstreamBody;
 
 /// The gRPC deadline passed while the response was streaming.
 #[derive(Debug)]
@@ -194,8 +194,8 @@ impl Body for ResponseBody {
             Some(Err(e)) => {
                 // Bytes that are not HTTP (bad chunk framing, bare LFs) are the upstream's
                 // protocol error; anything else cut the body off.
-                let code = match e.downcast_ref::<crate::h1::Error>() {
-                    Some(crate::h1::Error::Protocol(_)) => "upstream_protocol_error",
+                let code = match e.downcast_ref::<crate::upstream::h1::Error>() {
+                    Some(crate::upstream::h1::Error::Protocol(_)) => "upstream_protocol_error",
                     _ => "upstream_reset",
                 };
                 this.finish(Some((

@@ -22,7 +22,8 @@ use tokio::sync::{mpsc, watch};
 
 use outrigger_config::ListenerLimits;
 
-use crate::stack::{ConnCtx, Shared};
+use crate::runtime::Runtime;
+use crate::stack::ConnCtx;
 use crate::sys::net::Socket;
 
 /// The HTTP server settings of one listener: HTTP/1.1 and HTTP/2 (prior knowledge, told
@@ -74,7 +75,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     index: usize,
     limits: ListenerLimits,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
@@ -116,7 +117,7 @@ pub(crate) async fn accept_loop(
 async fn serve_connection(
     stream: TcpStream,
     ctx: Arc<ConnCtx>,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     builder: Arc<HttpServer>,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
@@ -177,7 +178,7 @@ async fn serve_connection(
 
 /// Answers one request; a panic inside becomes a 500 for this request only.
 async fn respond(
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     ctx: Arc<ConnCtx>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<crate::respond::ResponseBody>, Infallible> {
@@ -380,7 +381,7 @@ impl Watch {
 
 /// Copies bytes both ways between a client and an upstream after a `101 Switching Protocols`
 /// (WebSocket), until either side closes.
-pub(crate) async fn tunnel(client: OnUpgrade, mut upstream: crate::h1::Upgraded, upstream_name: Arc<str>) {
+pub(crate) async fn tunnel(client: OnUpgrade, mut upstream: crate::upstream::h1::Upgraded, upstream_name: Arc<str>) {
     let client = match client.await {
         Ok(client) => client,
         Err(e) => {

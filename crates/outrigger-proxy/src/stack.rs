@@ -24,122 +24,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use prometheus::{IntCounter, IntGauge};
 use tokio::time::Instant;
 
-use outrigger_config::{Config, Fault, Role};
+use outrigger_config::Role;
 use outrigger_resilience::BreakerState;
 use outrigger_resilience::deadline::{format_grpc_timeout, parse_grpc_timeout};
-use outrigger_telemetry::Metrics;
 
-use crate::balance::Health;
 use crate::body::replay::ReplayBody;
 use crate::body::{ClientBody, RequestBody};
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
-use crate::fault::{self, FAULT_HEADER};
 use crate::http::headers::{self, X_REQUEST_ID};
 use crate::http::trace::{TRACEPARENT, TRACESTATE, TraceContext};
+use crate::policy::balance::Health;
+use crate::policy::fault::{self, FAULT_HEADER};
+use crate::policy::retry::{self, Decision, Reason};
 use crate::record::{Attempt, AttemptOutcome, Completion, NextStep};
 use crate::respond::{ProxyBody, ResponseBody};
-use crate::retry::{self, Decision, Reason, RetryRt};
-use crate::router::{RouteQuery, Router, split_authority};
-use crate::upstream::{AttemptResponse, UpstreamRt};
-
-/// A route at run time.
-pub struct RouteRt {
-    /// The route's name (the `http_route` label).
-    pub name: Arc<str>,
-    /// Where it sends traffic.
-    pub upstream: Arc<UpstreamRt>,
-    /// `"route":…,"upstream":…` as its access lines carry them.
-    pub(crate) log_members: outrigger_telemetry::logging::Rendered,
-    /// The whole request, retries included, must get its response head within this.
-    pub timeout: Duration,
-    /// After the head, the longest silence allowed in the response body.
-    pub(crate) body_idle: Duration,
-    pub(crate) in_flight: IntGauge,
-    pub(crate) overhead: prometheus::Histogram,
-    /// `http_server_request_duration_seconds` of its successful requests.
-    pub(crate) succeeded: crate::series::SuccessSeries,
-    max_body_bytes: Option<u64>,
-    retry: RetryRt,
-    fallback: Option<FallbackRt>,
-    fault: Option<Fault>,
-    fallbacks: IntCounter,
-    faults: IntCounter,
-}
-
-struct FallbackRt {
-    status: StatusCode,
-    content_type: HeaderValue,
-    body: Bytes,
-}
-
-/// A listener's settings the request path needs.
-pub struct ListenerRt {
-    /// Its name.
-    pub name: Arc<str>,
-    /// Inbound or outbound.
-    pub role: Role,
-    /// Largest request head.
-    pub max_header_bytes: usize,
-    max_in_flight: usize,
-    in_flight: Arc<AtomicUsize>,
-    /// A client body that sends nothing for this long is cut off (408).
-    body_idle: Duration,
-}
-
-/// One request counted against its listener's `max_in_flight` until dropped.
-pub(crate) struct Admitted(Arc<AtomicUsize>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl ListenerRt {
-    fn admit(&self) -> Option<Admitted> {
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Admitted(self.in_flight.clone()))
-    }
-}
-
-/// Everything the request path needs, built once from a config.
-pub struct Shared {
-    router: Router<Arc<RouteRt>>,
-    listeners: Vec<ListenerRt>,
-    upstreams: Vec<Arc<UpstreamRt>>,
-    pub(crate) metrics: Metrics,
-    type_base: Arc<str>,
-    pub(crate) access_log: bool,
-    /// Test hook: a request for exactly this path panics (`OUTRIGGER_TEST_PANIC_PATH`), to
-    /// prove a bug in one request cannot take the proxy down. Unset in production.
-    panic_path: Option<String>,
-    normalize_5xx: bool,
-    /// Bounds the access lines of failures per (code, route).
-    pub(crate) log_limiter: Arc<outrigger_telemetry::ratelimit::LogLimiter>,
-    /// Share of successful requests that get an access line.
-    pub(crate) access_sample_ratio: f64,
-    /// Accept B3 on input (`telemetry.tracing.propagate` has `b3`).
-    accept_b3: bool,
-    sample_ratio: f64,
-    /// Query parameters whose values never reach a log (`telemetry.logs.redact_query_params`).
-    pub(crate) redact_query: Vec<String>,
-    /// Set once draining has passed `drain.delay`: inbound requests get `shutting_down`.
-    pub(crate) draining: std::sync::atomic::AtomicBool,
-    /// Finished spans go here when `telemetry.tracing.otlp_endpoint` is set.
-    pub(crate) spans: Option<outrigger_telemetry::spans::SpanQueue>,
-}
+use crate::router::{RouteQuery, split_authority};
+use crate::runtime::upstream::{AttemptResponse, UpstreamRt};
+use crate::runtime::{FallbackRt, RouteRt, Runtime};
 
 /// Facts about the client connection a request arrived on.
 pub struct ConnCtx {
@@ -204,116 +112,7 @@ enum Tried {
     Failed(ProxyError),
 }
 
-impl Shared {
-    /// Compiles a validated config into the runtime form.
-    pub fn new(config: &Config, metrics: Metrics) -> Self {
-        let upstreams: Vec<Arc<UpstreamRt>> = config
-            .upstreams
-            .iter()
-            .map(|u| Arc::new(UpstreamRt::new(u, &config.telemetry.latency_inflation, &metrics)))
-            .collect();
-        let routes = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                // Validation guarantees the upstream and listener exist.
-                let i = config.upstreams.iter().position(|u| u.name == r.upstream)?;
-                let listeners = r
-                    .listener
-                    .as_ref()
-                    .map(|l| config.listeners.iter().position(|x| &x.name == l).into_iter().collect())
-                    .unwrap_or_default();
-                let name = r.name.as_str();
-                let rt = RouteRt {
-                    name: name.into(),
-                    upstream: upstreams[i].clone(),
-                    log_members: outrigger_telemetry::logging::rendered(&[
-                        ("route", name),
-                        ("upstream", &upstreams[i].name),
-                    ]),
-                    timeout: r.timeout,
-                    body_idle: r.body_idle_timeout,
-                    in_flight: metrics.in_flight.with_label_values(&[name]),
-                    overhead: metrics.proxy_overhead.with_label_values(&[name]),
-                    succeeded: crate::series::SuccessSeries::new(metrics.server_duration.clone(), name, 2),
-                    max_body_bytes: r.max_body_bytes,
-                    retry: RetryRt::new(
-                        name,
-                        r.retry.clone(),
-                        &metrics.retries,
-                        metrics.retry_budget_exhausted.with_label_values(&[name]),
-                    ),
-                    fallback: r.fallback.as_ref().map(|f| FallbackRt {
-                        status: StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                        content_type: HeaderValue::from_str(&f.content_type)
-                            .unwrap_or(HeaderValue::from_static("text/plain")),
-                        body: Bytes::from(f.body.clone()),
-                    }),
-                    fault: r.fault.clone(),
-                    fallbacks: metrics.fallbacks.with_label_values(&[name]),
-                    faults: metrics.faults_injected.with_label_values(&[name]),
-                };
-                Some((r.clone(), listeners, Arc::new(rt)))
-            })
-            .collect();
-        let suppressed = metrics.log_lines_suppressed.clone();
-        Shared {
-            router: Router::new(routes),
-            listeners: config
-                .listeners
-                .iter()
-                .map(|l| ListenerRt {
-                    name: l.name.as_str().into(),
-                    role: l.role,
-                    max_header_bytes: l.limits.max_header_bytes,
-                    max_in_flight: l.limits.max_in_flight,
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                    body_idle: l.limits.idle_timeout,
-                })
-                .collect(),
-            upstreams,
-            metrics,
-            type_base: config.errors.type_base.as_str().into(),
-            access_log: config.telemetry.logs.access_log,
-            panic_path: std::env::var("OUTRIGGER_TEST_PANIC_PATH")
-                .ok()
-                .filter(|p| p.starts_with('/')),
-            normalize_5xx: config.errors.normalize_upstream_5xx,
-            log_limiter: Arc::new(outrigger_telemetry::ratelimit::LogLimiter::new(
-                config.telemetry.logs.rate_limit.per_second,
-                config.telemetry.logs.rate_limit.burst,
-                suppressed,
-            )),
-            access_sample_ratio: config.telemetry.logs.access_sample_ratio,
-            accept_b3: config
-                .telemetry
-                .tracing
-                .propagate
-                .contains(&outrigger_config::Propagation::B3),
-            sample_ratio: config.telemetry.tracing.sample_ratio,
-            redact_query: config
-                .telemetry
-                .logs
-                .redact_query_params
-                .iter()
-                .map(|p| p.to_ascii_lowercase())
-                .collect(),
-            draining: std::sync::atomic::AtomicBool::new(false),
-            spans: None,
-        }
-    }
-
-    /// Exports spans through `queue`.
-    pub fn with_spans(mut self, queue: outrigger_telemetry::spans::SpanQueue) -> Self {
-        self.spans = Some(queue);
-        self
-    }
-
-    /// Every upstream (for DNS refresh and debug endpoints).
-    pub fn upstreams(&self) -> &[Arc<UpstreamRt>] {
-        &self.upstreams
-    }
-
+impl Runtime {
     /// Serves one request. Never fails: every failure becomes a response.
     /// `request_id` is the sane inbound `x-request-id` or a new one ([`headers::request_id`]).
     pub async fn handle(
@@ -327,7 +126,7 @@ impl Shared {
         // --- context ---
         let trace = TraceContext::from_request(req.headers(), carried, self.accept_b3, self.sample_ratio);
         let mut done = Completion::start(
-            self.clone(),
+            self.sinks.clone(),
             &req,
             request_id.clone(),
             carried,
@@ -410,7 +209,7 @@ impl Shared {
             };
             return self.fail(done, ProxyError::new(kind), grpc);
         };
-        done.set_route(route.clone());
+        done.set_route(route.record.clone());
         if let Some(limit) = route.max_body_bytes
             && req.body().size_hint().lower() > limit
         {

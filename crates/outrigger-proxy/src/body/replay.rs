@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::body::{BoxError, ClientBody};
 
-struct Shared {
+struct ReplayState {
     /// Chunks read from the client so far (while within the limit).
     chunks: Vec<Bytes>,
     buffered: usize,
@@ -31,7 +31,7 @@ struct Shared {
 
 /// One attempt's view of a replayable request body.
 pub struct ReplayBody {
-    shared: Arc<Mutex<Shared>>,
+    shared: Arc<Mutex<ReplayState>>,
     /// Next chunk of `chunks` this replica has not sent yet.
     next: usize,
     trailers_sent: bool,
@@ -42,7 +42,7 @@ impl ReplayBody {
     pub fn new(body: ClientBody, limit: usize) -> Self {
         let size_hint = body.size_hint();
         let overflowed = size_hint.lower() > limit as u64;
-        let shared = Shared {
+        let shared = ReplayState {
             chunks: Vec::new(),
             buffered: 0,
             limit,
@@ -74,7 +74,7 @@ impl ReplayBody {
     }
 }
 
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+fn lock(m: &Mutex<ReplayState>) -> MutexGuard<'_, ReplayState> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -4,4 +4,5 @@
 
 pub(crate) mod arena;
 pub(crate) mod clock;
+pub(crate) mod counter;
 pub(crate) mod net;

@@ -17,7 +17,7 @@ use outrigger_config::{Endpoint, Upstream};
 use outrigger_resilience::outlier::max_ejectable;
 use outrigger_resilience::{Outlier, OutlierSettings, PeakEwma};
 
-use crate::pool::{EndpointPool, PoolSettings};
+use crate::upstream::pool::{EndpointPool, PoolSettings};
 
 /// The latency assumed for an endpoint that has not answered yet.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);

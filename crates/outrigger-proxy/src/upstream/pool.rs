@@ -1,5 +1,5 @@
 //! Connections to one endpoint: HTTP/1.1 keep-alive connections reused one request at a
-//! time (spoken by [`crate::h1`] inside the request's task), and one multiplexed HTTP/2
+//! time (spoken by [`crate::upstream::h1`] inside the request's task), and one multiplexed HTTP/2
 //! connection (hyper's client, on a task of its own).
 //!
 //! We keep our own pool instead of hyper-util's legacy client because the proxy must know,
@@ -30,8 +30,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::{BoxError, RequestBody};
-use crate::h1;
 use crate::sys::net::Socket;
+use crate::upstream::h1;
 
 /// Pool settings of one upstream.
 #[derive(Clone, Debug)]

@@ -12,11 +12,11 @@ use outrigger_resilience::inflation::{Change, InflationSettings, LatencyBaseline
 use outrigger_telemetry::Metrics;
 use prometheus::Gauge;
 
-use crate::balance::Endpoints;
 use crate::body::RequestBody;
-use crate::circuit::Circuit;
 use crate::error::ErrorKind;
-use crate::pool::{ConnInfo, EndpointPool, SendError, UpstreamBody};
+use crate::policy::balance::Endpoints;
+use crate::policy::circuit::Circuit;
+use crate::upstream::pool::{ConnInfo, EndpointPool, SendError, UpstreamBody};
 
 /// One upstream's endpoints, breaker and protocol.
 pub struct UpstreamRt {
@@ -31,7 +31,7 @@ pub struct UpstreamRt {
     races: Mutex<RaceTracker>,
     latency: LatencyWatch,
     /// `http_client_request_duration_seconds` of attempts that got a response head.
-    pub(crate) answered: crate::series::SuccessSeries,
+    pub(crate) answered: Arc<crate::record::series::SuccessSeries>,
 }
 
 /// The upstream's latency against its own baseline: the inflation gauge and its warning.
@@ -77,7 +77,11 @@ impl UpstreamRt {
             protocol: cfg.protocol,
             idle_timeout: cfg.pool.idle_timeout,
             races: Mutex::new(RaceTracker::default()),
-            answered: crate::series::SuccessSeries::new(metrics.client_duration.clone(), name, 1),
+            answered: Arc::new(crate::record::series::SuccessSeries::new(
+                metrics.client_duration.clone(),
+                name,
+                1,
+            )),
             latency: LatencyWatch {
                 baseline: Mutex::new(LatencyBaseline::new(
                     InflationSettings {
@@ -275,9 +279,9 @@ fn classify(e: SendError) -> AttemptFailure {
         }
         SendError::Http1(e, info) => {
             let kind = match e {
-                crate::h1::Error::Protocol(what) => ErrorKind::UpstreamProtocolError { what },
-                crate::h1::Error::Io(_) | crate::h1::Error::Closed(_) => ErrorKind::UpstreamReset,
-                crate::h1::Error::Body(e) => client_body_failure(e.downcast_ref()),
+                crate::upstream::h1::Error::Protocol(what) => ErrorKind::UpstreamProtocolError { what },
+                crate::upstream::h1::Error::Io(_) | crate::upstream::h1::Error::Closed(_) => ErrorKind::UpstreamReset,
+                crate::upstream::h1::Error::Body(e) => client_body_failure(e.downcast_ref()),
             };
             (kind, Some(info))
         }

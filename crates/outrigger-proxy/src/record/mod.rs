@@ -1,6 +1,8 @@
 //! The record of one request: its attempts, its outcome, and — exactly once, when the
 //! response body has been delivered or abandoned — its metrics and its access-log line.
 
+pub(crate) mod series;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -19,10 +21,45 @@ use outrigger_telemetry::spans::{
 };
 
 use crate::error::{ErrorClass, ProxyError};
-use crate::pool::{ConnInfo, EndpointPool};
-use crate::retry::Reason;
-use crate::series::{method_label, status_label};
-use crate::stack::{RouteRt, Shared};
+use crate::policy::retry::Reason;
+use crate::record::series::{method_label, status_label};
+use crate::upstream::pool::{ConnInfo, EndpointPool};
+
+/// Where finished requests are recorded: the metrics, the access log with its switches,
+/// sampling, rate limit and redaction, and the span queue. Made once per config and shared
+/// by every request's record.
+pub(crate) struct Sinks {
+    pub(crate) metrics: outrigger_telemetry::Metrics,
+    pub(crate) access_log: bool,
+    /// Share of successful requests that get an access line.
+    pub(crate) access_sample_ratio: f64,
+    /// Bounds the access lines of failures per (code, route).
+    pub(crate) log_limiter: Arc<outrigger_telemetry::ratelimit::LogLimiter>,
+    /// Query parameters whose values never reach a log (`telemetry.logs.redact_query_params`).
+    pub(crate) redact_query: Vec<String>,
+    /// Finished spans go here when `telemetry.tracing.otlp_endpoint` is set.
+    pub(crate) spans: Option<SpanQueue>,
+}
+
+/// What a request's record needs of its route, resolved once per route: names, the
+/// pre-rendered log members, the metric children, and the body idle limit its response
+/// keeps to.
+pub(crate) struct RouteRecord {
+    /// The route's name (the `http_route` label).
+    pub(crate) name: Arc<str>,
+    /// Its upstream's name.
+    pub(crate) upstream: Arc<str>,
+    /// `"route":…,"upstream":…` as its access lines carry them.
+    pub(crate) log_members: outrigger_telemetry::logging::Rendered,
+    /// After the head, the longest silence allowed in the response body.
+    pub(crate) body_idle: Duration,
+    pub(crate) in_flight: prometheus::IntGauge,
+    pub(crate) overhead: prometheus::Histogram,
+    /// `http_server_request_duration_seconds` of its successful requests.
+    pub(crate) succeeded: series::SuccessSeries,
+    /// `http_client_request_duration_seconds` of its upstream's answered attempts.
+    pub(crate) answered: Arc<series::SuccessSeries>,
+}
 
 /// One try at the upstream, as the access log and metrics tell it.
 pub(crate) struct Attempt {
@@ -176,7 +213,7 @@ impl Attempt {
 /// The record of one request, finished (metrics observed, access line written) exactly once:
 /// when the response body is done, or when the request is abandoned.
 pub(crate) struct Completion {
-    shared: Arc<Shared>,
+    sinks: Arc<Sinks>,
     start: Instant,
     pub(crate) request_id: HeaderValue,
     pub(crate) method: Method,
@@ -184,7 +221,7 @@ pub(crate) struct Completion {
     pub(crate) version: Version,
     /// The `Host` (or `:authority`) the client asked for, for `server.address` on the span.
     host: Option<String>,
-    route: Option<Arc<RouteRt>>,
+    route: Option<Arc<RouteRecord>>,
     pub(crate) status: Option<u16>,
     pub(crate) error: Option<ProxyError>,
     /// Inline for the usual single attempt: no allocation per request.
@@ -206,7 +243,7 @@ pub(crate) struct Completion {
     /// The fallback served, by the code it stands in for.
     pub(crate) fallback: Option<&'static str>,
     /// The listener's in-flight slot, held until the response is done.
-    pub(crate) admitted: Option<crate::stack::Admitted>,
+    pub(crate) admitted: Option<crate::sys::counter::Slot>,
     body_error: Option<String>,
     body_code: Option<&'static str>,
     client_gone: bool,
@@ -215,7 +252,7 @@ pub(crate) struct Completion {
 
 impl Completion {
     pub(crate) fn start(
-        shared: Arc<Shared>,
+        sinks: Arc<Sinks>,
         req: &Request<Incoming>,
         request_id: HeaderValue,
         carried: crate::http::headers::Carried,
@@ -225,7 +262,7 @@ impl Completion {
     ) -> Box<Self> {
         conn_active.fetch_add(1, Ordering::Relaxed);
         // Only kept when spans are exported: one allocation the request path need not make.
-        let host = shared.spans.as_ref().and_then(|_| {
+        let host = sinks.spans.as_ref().and_then(|_| {
             req.uri()
                 .authority()
                 .map(|a| a.as_str().to_owned())
@@ -234,7 +271,7 @@ impl Completion {
         // Boxed: the record travels from the request future into the response body, and
         // hyper keeps room for both in every connection, idle or not.
         Box::new(Completion {
-            shared,
+            sinks,
             start: arrived,
             request_id,
             method: req.method().clone(),
@@ -261,7 +298,7 @@ impl Completion {
         })
     }
 
-    pub(crate) fn set_route(&mut self, route: Arc<RouteRt>) {
+    pub(crate) fn set_route(&mut self, route: Arc<RouteRecord>) {
         route.in_flight.inc();
         self.route = Some(route);
     }
@@ -269,9 +306,9 @@ impl Completion {
     pub(crate) fn attempt(&mut self, attempt: Attempt) {
         if let Some(route) = &self.route {
             let series = match attempt.outcome {
-                AttemptOutcome::Status(s) => route.upstream.answered.get(&self.method, Some(s)),
-                _ => self.shared.metrics.client_duration.with_label_values(&[
-                    &route.upstream.name,
+                AttemptOutcome::Status(s) => route.answered.get(&self.method, Some(s)),
+                _ => self.sinks.metrics.client_duration.with_label_values(&[
+                    &route.upstream,
                     method_label(&self.method).0,
                     "",
                     attempt.code(),
@@ -369,7 +406,7 @@ impl Completion {
         };
         let series = match (&self.route, code) {
             (Some(route), None) => route.succeeded.get(&self.method, self.status),
-            _ => self.shared.metrics.server_duration.with_label_values(&[
+            _ => self.sinks.metrics.server_duration.with_label_values(&[
                 route_name,
                 method_label(&self.method).0,
                 status_label(self.status),
@@ -387,11 +424,11 @@ impl Completion {
                 .observe(head_at.saturating_sub(upstream + self.waited).as_secs_f64());
         }
         if self.trace.sampled
-            && let Some(spans) = &self.shared.spans
+            && let Some(spans) = &self.sinks.spans
         {
             self.export_spans(spans, duration, code, class);
         }
-        if !self.shared.access_log {
+        if !self.sinks.access_log {
             return;
         }
         let failed = code.is_some() || self.fallback.is_some() || self.client_gone;
@@ -403,10 +440,10 @@ impl Completion {
                 if route_name.is_empty() { "(none)" } else { route_name }
             )
             .into();
-            if !self.shared.log_limiter.allow("access", &key) {
+            if !self.sinks.log_limiter.allow("access", &key) {
                 return;
             }
-        } else if self.shared.access_sample_ratio < 1.0 && fastrand::f64() >= self.shared.access_sample_ratio {
+        } else if self.sinks.access_sample_ratio < 1.0 && fastrand::f64() >= self.sinks.access_sample_ratio {
             return;
         }
         let path = self.uri.path();
@@ -414,7 +451,7 @@ impl Completion {
         // "GET /pay answered 200 by payments in 4ms." — most lines are this one, so it is
         // written straight into the line; the others are put together first.
         let answered = |msg: &mut String| {
-            let by = self.route.as_ref().map_or("-", |r| &*r.upstream.name);
+            let by = self.route.as_ref().map_or("-", |r| &*r.upstream);
             let mut digits = itoa::Buffer::new();
             msg.push_str(method.as_str());
             msg.push(' ');
@@ -493,7 +530,7 @@ impl Completion {
         };
         f.str("path", path);
         if let Some(q) = self.uri.query().filter(|q| !q.is_empty()) {
-            f.str("query", &redact_query(q, &self.shared.redact_query));
+            f.str("query", &redact_query(q, &self.sinks.redact_query));
         }
         f.members(protocol_member(self.version));
         match self.status {
@@ -595,7 +632,7 @@ impl Completion {
             self.request_id.to_str().unwrap_or("").to_owned(),
         ));
         if let Some(r) = &self.route {
-            attrs.push(Attribute::new("outrigger.upstream", (*r.upstream.name).to_owned()));
+            attrs.push(Attribute::new("outrigger.upstream", (*r.upstream).to_owned()));
         }
         attrs.push(Attribute::new("outrigger.attempts", self.attempts.len() as i64));
         if let Some(fb) = self.fallback {

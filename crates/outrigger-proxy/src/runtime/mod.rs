@@ -1,0 +1,207 @@
+//! The config compiled for the request path, built once per config: routes with their
+//! router, listeners with their admission limits, upstreams with their breakers, balancers
+//! and pools, and where finished requests are recorded. The request path (`crate::stack`)
+//! reads it; nothing here handles a request.
+
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::HeaderValue;
+use prometheus::IntCounter;
+
+use outrigger_config::{Config, Fault, Role};
+use outrigger_telemetry::Metrics;
+
+use crate::policy::retry::RetryRt;
+use crate::record::series::SuccessSeries;
+use crate::record::{RouteRecord, Sinks};
+use crate::router::Router;
+use crate::sys::counter::Slot;
+use upstream::UpstreamRt;
+
+/// A route at run time.
+pub struct RouteRt {
+    /// The route's name (the `http_route` label).
+    pub name: Arc<str>,
+    /// Where it sends traffic.
+    pub upstream: Arc<UpstreamRt>,
+    /// The whole request, retries included, must get its response head within this.
+    pub timeout: Duration,
+    /// What a request's record needs of its route (names, series, the body idle limit).
+    pub(crate) record: Arc<RouteRecord>,
+    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) retry: RetryRt,
+    pub(crate) fallback: Option<FallbackRt>,
+    pub(crate) fault: Option<Fault>,
+    pub(crate) fallbacks: IntCounter,
+    pub(crate) faults: IntCounter,
+}
+
+pub(crate) struct FallbackRt {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: HeaderValue,
+    pub(crate) body: Bytes,
+}
+
+/// A listener's settings the request path needs.
+pub struct ListenerRt {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Inbound or outbound.
+    pub role: Role,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) in_flight: Arc<AtomicUsize>,
+    /// A client body that sends nothing for this long is cut off (408).
+    pub(crate) body_idle: Duration,
+}
+
+impl ListenerRt {
+    pub(crate) fn admit(&self) -> Option<Slot> {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot::taken(self.in_flight.clone()))
+    }
+}
+
+/// Everything the request path needs, built once from a config.
+pub struct Runtime {
+    pub(crate) router: Router<Arc<RouteRt>>,
+    pub(crate) listeners: Vec<ListenerRt>,
+    pub(crate) upstreams: Vec<Arc<UpstreamRt>>,
+    pub(crate) metrics: Metrics,
+    /// Where finished requests are recorded (shared with every request's record).
+    pub(crate) sinks: Arc<Sinks>,
+    pub(crate) type_base: Arc<str>,
+    /// Test hook: a request for exactly this path panics (`OUTRIGGER_TEST_PANIC_PATH`), to
+    /// prove a bug in one request cannot take the proxy down. Unset in production.
+    pub(crate) panic_path: Option<String>,
+    pub(crate) normalize_5xx: bool,
+    /// Accept B3 on input (`telemetry.tracing.propagate` has `b3`).
+    pub(crate) accept_b3: bool,
+    pub(crate) sample_ratio: f64,
+    /// Set once draining has passed `drain.delay`: inbound requests get `shutting_down`.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
+}
+
+impl Runtime {
+    /// Compiles a validated config into the runtime form.
+    /// `spans`: where finished spans go, when `telemetry.tracing.otlp_endpoint` is set.
+    pub fn new(config: &Config, metrics: Metrics, spans: Option<outrigger_telemetry::spans::SpanQueue>) -> Self {
+        let upstreams: Vec<Arc<UpstreamRt>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(UpstreamRt::new(u, &config.telemetry.latency_inflation, &metrics)))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                // Validation guarantees the upstream and listener exist.
+                let i = config.upstreams.iter().position(|u| u.name == r.upstream)?;
+                let listeners = r
+                    .listener
+                    .as_ref()
+                    .map(|l| config.listeners.iter().position(|x| &x.name == l).into_iter().collect())
+                    .unwrap_or_default();
+                let name = r.name.as_str();
+                let rt = RouteRt {
+                    name: name.into(),
+                    upstream: upstreams[i].clone(),
+                    timeout: r.timeout,
+                    record: Arc::new(RouteRecord {
+                        name: name.into(),
+                        upstream: upstreams[i].name.clone(),
+                        log_members: outrigger_telemetry::logging::rendered(&[
+                            ("route", name),
+                            ("upstream", &upstreams[i].name),
+                        ]),
+                        body_idle: r.body_idle_timeout,
+                        in_flight: metrics.in_flight.with_label_values(&[name]),
+                        overhead: metrics.proxy_overhead.with_label_values(&[name]),
+                        succeeded: SuccessSeries::new(metrics.server_duration.clone(), name, 2),
+                        answered: upstreams[i].answered.clone(),
+                    }),
+                    max_body_bytes: r.max_body_bytes,
+                    retry: RetryRt::new(
+                        name,
+                        r.retry.clone(),
+                        &metrics.retries,
+                        metrics.retry_budget_exhausted.with_label_values(&[name]),
+                    ),
+                    fallback: r.fallback.as_ref().map(|f| FallbackRt {
+                        status: StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        content_type: HeaderValue::from_str(&f.content_type)
+                            .unwrap_or(HeaderValue::from_static("text/plain")),
+                        body: Bytes::from(f.body.clone()),
+                    }),
+                    fault: r.fault.clone(),
+                    fallbacks: metrics.fallbacks.with_label_values(&[name]),
+                    faults: metrics.faults_injected.with_label_values(&[name]),
+                };
+                Some((r.clone(), listeners, Arc::new(rt)))
+            })
+            .collect();
+        let suppressed = metrics.log_lines_suppressed.clone();
+        Runtime {
+            router: Router::new(routes),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| ListenerRt {
+                    name: l.name.as_str().into(),
+                    role: l.role,
+                    max_header_bytes: l.limits.max_header_bytes,
+                    max_in_flight: l.limits.max_in_flight,
+                    in_flight: Arc::new(AtomicUsize::new(0)),
+                    body_idle: l.limits.idle_timeout,
+                })
+                .collect(),
+            upstreams,
+            sinks: Arc::new(Sinks {
+                metrics: metrics.clone(),
+                access_log: config.telemetry.logs.access_log,
+                access_sample_ratio: config.telemetry.logs.access_sample_ratio,
+                log_limiter: Arc::new(outrigger_telemetry::ratelimit::LogLimiter::new(
+                    config.telemetry.logs.rate_limit.per_second,
+                    config.telemetry.logs.rate_limit.burst,
+                    suppressed,
+                )),
+                redact_query: config
+                    .telemetry
+                    .logs
+                    .redact_query_params
+                    .iter()
+                    .map(|p| p.to_ascii_lowercase())
+                    .collect(),
+                spans,
+            }),
+            metrics,
+            type_base: config.errors.type_base.as_str().into(),
+            panic_path: std::env::var("OUTRIGGER_TEST_PANIC_PATH")
+                .ok()
+                .filter(|p| p.starts_with('/')),
+            normalize_5xx: config.errors.normalize_upstream_5xx,
+            accept_b3: config
+                .telemetry
+                .tracing
+                .propagate
+                .contains(&outrigger_config::Propagation::B3),
+            sample_ratio: config.telemetry.tracing.sample_ratio,
+            draining: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Every upstream (for DNS refresh and debug endpoints).
+    pub fn upstreams(&self) -> &[Arc<UpstreamRt>] {
+        &self.upstreams
+    }
+}
