@@ -2,7 +2,7 @@
 //!
 //! [`Proxy::bind`] binds every listener and the admin port of a validated config;
 //! [`Proxy::run`] serves until the shutdown future resolves, then drains. The request path
-//! itself reads top to bottom in [`stack`].
+//! itself reads top to bottom in [`path`]; docs/architecture.md has the file map.
 
 mod admin;
 pub mod body;
@@ -14,8 +14,8 @@ pub mod respond;
 pub mod router;
 pub mod runtime;
 
-mod server;
-pub mod stack;
+mod downstream;
+pub mod path;
 mod sys;
 pub mod upstream;
 
@@ -171,7 +171,7 @@ impl Proxy {
                 cfg.name,
                 cfg.role.as_str()
             );
-            tokio::spawn(server::accept_loop(
+            tokio::spawn(downstream::listener::accept_loop(
                 listener,
                 i,
                 cfg.limits.clone(),
@@ -231,7 +231,7 @@ async fn bind(address: SocketAddr, what: String) -> Result<(TcpListener, SocketA
         std::io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
         _ => "",
     };
-    let listener = server::bind(address).await.map_err(|source| BindError {
+    let listener = downstream::listener::bind(address).await.map_err(|source| BindError {
         what: what.clone(),
         address,
         hint: hint(&source),

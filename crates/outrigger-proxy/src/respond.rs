@@ -245,3 +245,23 @@ impl ProxyBody {
         }
     }
 }
+
+/// Copies bytes both ways between a client and an upstream after a `101 Switching Protocols`
+/// (WebSocket), until either side closes.
+pub(crate) async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    mut upstream: crate::upstream::h1::Upgraded,
+    upstream_name: std::sync::Arc<str>,
+) {
+    let client = match client.await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(kind = "upgrade", upstream = %upstream_name, error = %e, "A protocol upgrade (WebSocket) could not be completed.");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(upstream = %upstream_name, error = %e, "upgraded connection ended with an error");
+    }
+}

@@ -1,6 +1,6 @@
 //! The config compiled for the request path, built once per config: routes with their
 //! router, listeners with their admission limits, upstreams with their breakers, balancers
-//! and pools, and where finished requests are recorded. The request path (`crate::stack`)
+//! and pools, and where finished requests are recorded. The request path (`crate::path`)
 //! reads it; nothing here handles a request.
 
 pub mod upstream;

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,8 +21,8 @@ use tokio::sync::{mpsc, watch};
 
 use outrigger_config::ListenerLimits;
 
+use crate::path::ConnCtx;
 use crate::runtime::Runtime;
-use crate::stack::ConnCtx;
 use crate::sys::net::Socket;
 
 /// The HTTP server settings of one listener: HTTP/1.1 and HTTP/2 (prior knowledge, told
@@ -376,22 +375,6 @@ impl Watch {
             }
         })
         .await;
-    }
-}
-
-/// Copies bytes both ways between a client and an upstream after a `101 Switching Protocols`
-/// (WebSocket), until either side closes.
-pub(crate) async fn tunnel(client: OnUpgrade, mut upstream: crate::upstream::h1::Upgraded, upstream_name: Arc<str>) {
-    let client = match client.await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::warn!(kind = "upgrade", upstream = %upstream_name, error = %e, "A protocol upgrade (WebSocket) could not be completed.");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(upstream = %upstream_name, error = %e, "upgraded connection ended with an error");
     }
 }
 

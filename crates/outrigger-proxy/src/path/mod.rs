@@ -540,7 +540,7 @@ impl Runtime {
         if let Some(client_upgrade) = client_upgrade.filter(|_| status == StatusCode::SWITCHING_PROTOCOLS)
             && let Some(upstream_upgrade) = response.body_mut().take_upgrade()
         {
-            tokio::spawn(crate::server::tunnel(
+            tokio::spawn(crate::respond::tunnel(
                 client_upgrade,
                 upstream_upgrade,
                 upstream.name.clone(),
