@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
+use crate::error::Code;
 use crate::record::Completion;
 use crate::upstream::pool::UpstreamBody;
 
@@ -119,7 +120,7 @@ impl ResponseBody {
         self
     }
 
-    fn finish(&mut self, error: Option<(&'static str, String)>) {
+    fn finish(&mut self, error: Option<(Code, String)>) {
         if let Some(mut c) = self.completion.take() {
             c.body_finished(error);
         }
@@ -140,7 +141,7 @@ impl ResponseBody {
             && sleep.as_mut().poll(cx).is_ready()
         {
             let e = DeadlineExceeded(*budget);
-            self.finish(Some(("upstream_timeout", e.to_string())));
+            self.finish(Some((Code::UpstreamTimeout, e.to_string())));
             return Some(Box::new(e));
         }
         let limit = idle_limit?;
@@ -155,7 +156,7 @@ impl ResponseBody {
         }
         if sleep.as_mut().poll(cx).is_ready() {
             let e = BodyIdle(limit);
-            self.finish(Some(("upstream_timeout", e.to_string())));
+            self.finish(Some((Code::UpstreamTimeout, e.to_string())));
             return Some(Box::new(e));
         }
         None
@@ -195,8 +196,8 @@ impl Body for ResponseBody {
                 // Bytes that are not HTTP (bad chunk framing, bare LFs) are the upstream's
                 // protocol error; anything else cut the body off.
                 let code = match e.downcast_ref::<crate::upstream::h1::Error>() {
-                    Some(crate::upstream::h1::Error::Protocol(_)) => "upstream_protocol_error",
-                    _ => "upstream_reset",
+                    Some(crate::upstream::h1::Error::Protocol(_)) => Code::UpstreamProtocolError,
+                    _ => Code::UpstreamReset,
                 };
                 this.finish(Some((
                     code,

@@ -38,6 +38,8 @@ impl ErrorClass {
 pub struct Spec {
     /// Stable snake_case code (JSON, metrics, the `outrigger-error` header).
     pub code: &'static str,
+    /// The code as a type.
+    pub id: Code,
     /// HTTP status; `None` where it is configured (fault_injected) or kept (upstream_error).
     pub status: Option<u16>,
     /// gRPC status; `None` where it follows the HTTP status.
@@ -51,33 +53,49 @@ pub struct Spec {
 }
 
 macro_rules! specs {
-    ($($name:ident = $code:literal, $status:expr, $grpc:expr, $class:ident, $retry:literal, $title:literal;)*) => {
-        $(const $name: Spec = Spec { code: $code, status: $status, grpc: $grpc, class: ErrorClass::$class, retryable: $retry, title: $title };)*
+    ($($name:ident / $variant:ident = $code:literal, $status:expr, $grpc:expr, $class:ident, $retry:literal, $title:literal;)*) => {
+        $(const $name: Spec = Spec { code: $code, id: Code::$variant, status: $status, grpc: $grpc, class: ErrorClass::$class, retryable: $retry, title: $title };)*
         /// Every error code, in DESIGN.md's order.
         pub const ALL_SPECS: &[&Spec] = &[$(&$name),*];
+
+        /// The error codes as a type, one per row of the taxonomy: code that acts on a code
+        /// matches these exhaustively, so a new code cannot silently fall into a default.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $(#[doc = $title] $variant,)*
+        }
+
+        impl Code {
+            /// The stable snake_case name (JSON, metrics, the `outrigger-error` header).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $code,)*
+                }
+            }
+        }
     };
 }
 
 // The whole taxonomy. Adding a code: a row here, a variant in `ErrorKind`, its arm in
 // `ErrorKind::spec` and its sentence in `ProxyError::detail` (the compiler finds both).
 specs! {
-    BAD_REQUEST = "bad_request", Some(400), Some(13), Client, false, "Bad request";
-    ROUTE_NOT_FOUND = "route_not_found", Some(404), Some(12), Client, false, "No route for this request";
-    METHOD_NOT_ALLOWED = "method_not_allowed", Some(405), Some(12), Client, false, "Method not allowed";
-    REQUEST_TIMEOUT = "request_timeout", Some(408), Some(4), Client, false, "Request too slow";
-    PAYLOAD_TOO_LARGE = "payload_too_large", Some(413), Some(8), Client, false, "Request body too large";
-    HEADER_TOO_LARGE = "header_too_large", Some(431), Some(8), Client, false, "Request headers too large";
-    UPSTREAM_CONNECT_FAILED = "upstream_connect_failed", Some(503), Some(14), Upstream, true, "Could not connect to upstream";
-    UPSTREAM_RESET = "upstream_reset", Some(502), Some(14), Upstream, true, "Upstream closed the connection";
-    UPSTREAM_PROTOCOL_ERROR = "upstream_protocol_error", Some(502), Some(13), Upstream, false, "Upstream sent an invalid response";
-    UPSTREAM_TIMEOUT = "upstream_timeout", Some(504), Some(4), Upstream, true, "Upstream timed out";
-    UPSTREAM_ERROR = "upstream_error", None, None, Upstream, true, "Upstream failed";
-    CIRCUIT_OPEN = "circuit_open", Some(503), Some(14), Upstream, true, "Circuit breaker open";
-    NO_HEALTHY_ENDPOINTS = "no_healthy_endpoints", Some(503), Some(14), Upstream, true, "No healthy upstream endpoints";
-    OVERLOADED = "overloaded", Some(503), Some(14), Proxy, true, "Proxy overloaded";
-    SHUTTING_DOWN = "shutting_down", Some(503), Some(14), Proxy, true, "Proxy shutting down";
-    FAULT_INJECTED = "fault_injected", None, None, Proxy, false, "Fault injected";
-    INTERNAL = "internal", Some(500), Some(13), Proxy, false, "Internal proxy error";
+    BAD_REQUEST / BadRequest = "bad_request", Some(400), Some(13), Client, false, "Bad request";
+    ROUTE_NOT_FOUND / RouteNotFound = "route_not_found", Some(404), Some(12), Client, false, "No route for this request";
+    METHOD_NOT_ALLOWED / MethodNotAllowed = "method_not_allowed", Some(405), Some(12), Client, false, "Method not allowed";
+    REQUEST_TIMEOUT / RequestTimeout = "request_timeout", Some(408), Some(4), Client, false, "Request too slow";
+    PAYLOAD_TOO_LARGE / PayloadTooLarge = "payload_too_large", Some(413), Some(8), Client, false, "Request body too large";
+    HEADER_TOO_LARGE / HeaderTooLarge = "header_too_large", Some(431), Some(8), Client, false, "Request headers too large";
+    UPSTREAM_CONNECT_FAILED / UpstreamConnectFailed = "upstream_connect_failed", Some(503), Some(14), Upstream, true, "Could not connect to upstream";
+    UPSTREAM_RESET / UpstreamReset = "upstream_reset", Some(502), Some(14), Upstream, true, "Upstream closed the connection";
+    UPSTREAM_PROTOCOL_ERROR / UpstreamProtocolError = "upstream_protocol_error", Some(502), Some(13), Upstream, false, "Upstream sent an invalid response";
+    UPSTREAM_TIMEOUT / UpstreamTimeout = "upstream_timeout", Some(504), Some(4), Upstream, true, "Upstream timed out";
+    UPSTREAM_ERROR / UpstreamError = "upstream_error", None, None, Upstream, true, "Upstream failed";
+    CIRCUIT_OPEN / CircuitOpen = "circuit_open", Some(503), Some(14), Upstream, true, "Circuit breaker open";
+    NO_HEALTHY_ENDPOINTS / NoHealthyEndpoints = "no_healthy_endpoints", Some(503), Some(14), Upstream, true, "No healthy upstream endpoints";
+    OVERLOADED / Overloaded = "overloaded", Some(503), Some(14), Proxy, true, "Proxy overloaded";
+    SHUTTING_DOWN / ShuttingDown = "shutting_down", Some(503), Some(14), Proxy, true, "Proxy shutting down";
+    FAULT_INJECTED / FaultInjected = "fault_injected", None, None, Proxy, false, "Fault injected";
+    INTERNAL / Internal = "internal", Some(500), Some(13), Proxy, false, "Internal proxy error";
 }
 
 /// What went wrong, with the facts the detail sentence needs.
@@ -227,6 +245,11 @@ impl ProxyError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.kind.spec().code
+    }
+
+    /// The error code as a type ([`Code`]).
+    pub fn code_id(&self) -> Code {
+        self.kind.spec().id
     }
 
     /// The HTTP status of the error response.
@@ -439,6 +462,17 @@ pub fn grpc_status_for_http(status: u16) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_code_type_names_its_row_and_each_kind_its_code() {
+        for spec in ALL_SPECS {
+            assert_eq!(spec.id.as_str(), spec.code);
+        }
+        for kind in example_kinds() {
+            let e = ProxyError::new(kind);
+            assert_eq!(e.code_id().as_str(), e.code());
+        }
+    }
+
     use super::render::{html_page, percent_encode_grpc, problem_json};
     use super::*;
     use http::header::HeaderValue;

@@ -200,7 +200,7 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
             took,
             outcome: verdict.outcome,
             span_id,
-            circuit_state: circuit_state.as_str(),
+            circuit_state,
             next: None,
         });
 
@@ -249,7 +249,7 @@ fn verdict(tried: &Tried, upstream: &UpstreamRt, per_try: Option<Duration>, took
                 outcome: if timeout && per_try.is_none() {
                     AttemptOutcome::TimedOut
                 } else {
-                    AttemptOutcome::Failed(e.code(), detail)
+                    AttemptOutcome::Failed(e.code_id(), detail)
                 },
                 backoff: None,
                 latency: timeout.then_some(took),

@@ -20,10 +20,11 @@ use outrigger_telemetry::spans::{
     TraceId, TraceState,
 };
 
-use crate::error::{ErrorClass, ProxyError};
+use crate::error::{Code, ErrorClass, ProxyError};
 use crate::policy::retry::Reason;
 use crate::record::series::{method_label, status_label};
 use crate::upstream::pool::{ConnInfo, EndpointPool};
+use outrigger_resilience::BreakerState;
 
 /// Where finished requests are recorded: the metrics, the access log with its switches,
 /// sampling, rate limit and redaction, and the span queue. Made once per config and shared
@@ -72,7 +73,7 @@ pub(crate) struct Attempt {
     /// The client span's id: the parent id the upstream saw in `traceparent`.
     pub(crate) span_id: u64,
     /// The breaker's state when it let this attempt through.
-    pub(crate) circuit_state: &'static str,
+    pub(crate) circuit_state: BreakerState,
     /// What was decided after it (retry or not, and why).
     pub(crate) next: Option<NextStep>,
 }
@@ -115,11 +116,38 @@ impl NextStep {
     }
 }
 
+/// Where in its exchange an attempt failed (DESIGN.md's stages; `dns` and `tls` come with
+/// resolution and TLS errors of their own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Connect,
+    /// Sending the request (the client's body failed on its way).
+    WriteRequest,
+    /// Waiting for the response head.
+    AwaitHeaders,
+    /// After the head: the body broke off, stalled or did not parse.
+    BodyStream,
+    /// The client went away before the response was complete.
+    ClientCancelled,
+}
+
+impl Stage {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::WriteRequest => "write_request",
+            Stage::AwaitHeaders => "await_headers",
+            Stage::BodyStream => "body_stream",
+            Stage::ClientCancelled => "client_cancelled",
+        }
+    }
+}
+
 pub(crate) enum AttemptOutcome {
     /// A response head with this status.
     Status(u16),
     /// Failed with this error code, and the transport's reason when there is one.
-    Failed(&'static str, Option<String>),
+    Failed(Code, Option<String>),
     /// The route timeout expired while waiting.
     TimedOut,
 }
@@ -128,7 +156,7 @@ impl Attempt {
     fn code(&self) -> &'static str {
         match self.outcome {
             AttemptOutcome::Status(_) => "",
-            AttemptOutcome::Failed(code, _) => code,
+            AttemptOutcome::Failed(code, _) => code.as_str(),
             AttemptOutcome::TimedOut => "upstream_timeout",
         }
     }
@@ -144,8 +172,11 @@ impl Attempt {
         let took = humanize_ms(self.took);
         match self.outcome {
             AttemptOutcome::Status(s) => format!("attempt {n} to {ep} ({via}) answered {s} after {took}"),
-            AttemptOutcome::Failed(code, None) => format!("attempt {n} to {ep} ({via}) failed after {took}: {code}"),
+            AttemptOutcome::Failed(code, None) => {
+                format!("attempt {n} to {ep} ({via}) failed after {took}: {}", code.as_str())
+            }
             AttemptOutcome::Failed(code, Some(ref why)) => {
+                let code = code.as_str();
                 format!("attempt {n} to {ep} ({via}) failed after {took}: {code} ({why})")
             }
             AttemptOutcome::TimedOut => {
@@ -156,7 +187,7 @@ impl Attempt {
 
     /// The attempt as an element of the access line's `attempts` array; `body_code` is the
     /// error of the last attempt's response body when it ended early (stage `body_stream`).
-    fn write_json(&self, n: usize, body_code: Option<&str>, f: &mut JsonLine) {
+    fn write_json(&self, n: usize, body_code: Option<Code>, f: &mut JsonLine) {
         f.begin_object("");
         f.uint("n", n as u64);
         f.members(self.endpoint.log_member());
@@ -176,14 +207,14 @@ impl Attempt {
             _ => f.str("code", self.code()),
         };
         if let Some(code) = body_code {
-            f.str("code", code);
-            f.str("stage", "body_stream");
+            f.str("code", code.as_str());
+            f.str("stage", Stage::BodyStream.as_str());
         } else if let Some(stage) = self.stage() {
-            f.str("stage", stage);
+            f.str("stage", stage.as_str());
         }
         match self.circuit_state {
-            "closed" => f.members(r#""circuit_state":"closed""#),
-            state => f.str("circuit_state", state),
+            BreakerState::Closed => f.members(r#""circuit_state":"closed""#),
+            state @ (BreakerState::Open | BreakerState::HalfOpen) => f.str("circuit_state", state.as_str()),
         };
         if let Some(next) = &self.next {
             f.str("next", next.what);
@@ -200,12 +231,26 @@ impl Attempt {
 
     /// Where a failed attempt failed: `connect`, `write_request` (the client's body),
     /// `await_headers`. Timeouts name no stage: the attempt was cut off wherever it was.
-    fn stage(&self) -> Option<&'static str> {
-        match self.code() {
-            "upstream_connect_failed" => Some("connect"),
-            "upstream_reset" | "upstream_protocol_error" => Some("await_headers"),
-            "payload_too_large" | "request_timeout" | "bad_request" => Some("write_request"),
-            _ => None,
+    fn stage(&self) -> Option<Stage> {
+        let AttemptOutcome::Failed(code, _) = self.outcome else {
+            return None;
+        };
+        match code {
+            Code::UpstreamConnectFailed => Some(Stage::Connect),
+            Code::UpstreamReset | Code::UpstreamProtocolError => Some(Stage::AwaitHeaders),
+            Code::PayloadTooLarge | Code::RequestTimeout | Code::BadRequest => Some(Stage::WriteRequest),
+            // Codes an attempt does not fail with, or (a timeout) not at one place.
+            Code::UpstreamTimeout
+            | Code::RouteNotFound
+            | Code::MethodNotAllowed
+            | Code::HeaderTooLarge
+            | Code::UpstreamError
+            | Code::CircuitOpen
+            | Code::NoHealthyEndpoints
+            | Code::Overloaded
+            | Code::ShuttingDown
+            | Code::FaultInjected
+            | Code::Internal => None,
         }
     }
 }
@@ -245,7 +290,7 @@ pub(crate) struct Completion {
     /// The listener's in-flight slot, held until the response is done.
     pub(crate) admitted: Option<crate::sys::counter::Slot>,
     body_error: Option<String>,
-    body_code: Option<&'static str>,
+    body_code: Option<Code>,
     client_gone: bool,
     conn_active: Arc<AtomicUsize>,
 }
@@ -337,7 +382,7 @@ impl Completion {
     }
 
     /// The response body was delivered, or ended early with this error code and reason.
-    pub(crate) fn body_finished(&mut self, error: Option<(&'static str, String)>) {
+    pub(crate) fn body_finished(&mut self, error: Option<(Code, String)>) {
         if let Some((code, why)) = error {
             self.body_code = Some(code);
             self.body_error = Some(why);
@@ -401,8 +446,11 @@ impl Completion {
         let route_name = self.route.as_ref().map_or("", |r| &*r.name);
         let (code, class): (Option<&str>, Option<&str>) = match (&self.error, self.status) {
             (Some(e), _) => (Some(e.code()), Some(e.class().as_str())),
-            (None, None) => (Some("client_cancelled"), Some(ErrorClass::Client.as_str())),
-            (None, Some(_)) => (self.body_code, self.body_code.map(|_| ErrorClass::Upstream.as_str())),
+            (None, None) => (Some(Stage::ClientCancelled.as_str()), Some(ErrorClass::Client.as_str())),
+            (None, Some(_)) => (
+                self.body_code.map(Code::as_str),
+                self.body_code.map(|_| ErrorClass::Upstream.as_str()),
+            ),
         };
         let series = match (&self.route, code) {
             (Some(route), None) => route.succeeded.get(&self.method, self.status),
@@ -555,7 +603,7 @@ impl Completion {
             f.end_array();
         }
         if self.status.is_none() {
-            f.str("stage", "client_cancelled");
+            f.str("stage", Stage::ClientCancelled.as_str());
         }
         if let Some(fault) = &self.fault {
             f.str("fault", fault);
@@ -672,7 +720,7 @@ impl Completion {
             attrs.push(Attribute::new("server.address", addr.ip().to_string()));
             attrs.push(Attribute::new("server.port", i64::from(addr.port())));
             attrs.push(Attribute::new("outrigger.attempt", n as i64));
-            attrs.push(Attribute::new("outrigger.circuit_state", a.circuit_state));
+            attrs.push(Attribute::new("outrigger.circuit_state", a.circuit_state.as_str()));
             let error_type = match a.outcome {
                 AttemptOutcome::Status(s) => {
                     attrs.push(Attribute::new("http.response.status_code", i64::from(s)));
@@ -682,12 +730,12 @@ impl Completion {
                 _ => Some(a.code().to_owned()),
             };
             let stage = if n == last && self.body_code.is_some() {
-                Some("body_stream")
+                Some(Stage::BodyStream)
             } else {
                 a.stage()
             };
             if let Some(stage) = stage {
-                attrs.push(Attribute::new("outrigger.stage", stage));
+                attrs.push(Attribute::new("outrigger.stage", stage.as_str()));
             }
             if let Some(c) = a.conn {
                 attrs.push(Attribute::new(
