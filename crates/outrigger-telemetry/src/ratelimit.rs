@@ -40,10 +40,9 @@ impl LogLimiter {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a line of `kind` about `key` may be written now; a refused line is counted
-    /// for the next summary.
-    pub fn allow(&self, kind: &'static str, key: &Arc<str>) -> bool {
-        let now = Instant::now();
+    /// Whether a line of `kind` about `key` may be written at `now` (the caller's clock, so
+    /// tests can use paused time); a refused line is counted for the next summary.
+    pub fn allow(&self, kind: &'static str, key: &Arc<str>, now: Instant) -> bool {
         let mut buckets = self.lock();
         let b = buckets.entry((kind, key.clone())).or_insert_with(|| Bucket {
             tokens: self.burst,
@@ -99,12 +98,26 @@ mod tests {
         let l = LogLimiter::new(0.0, 3, c.clone());
         let a: Arc<str> = "upstream_timeout on route checkout".into();
         let b: Arc<str> = "upstream_reset on route cart".into();
-        assert_eq!((0..10).filter(|_| l.allow("access", &a)).count(), 3);
+        let now = Instant::now();
+        assert_eq!((0..10).filter(|_| l.allow("access", &a, now)).count(), 3);
         assert_eq!(
-            (0..10).filter(|_| l.allow("access", &b)).count(),
+            (0..10).filter(|_| l.allow("access", &b, now)).count(),
             3,
             "keys are limited apart"
         );
         assert_eq!(c.with_label_values(&["access"]).get(), 14);
+    }
+
+    /// The clock is the caller's: tokens come back at the configured rate of its time.
+    #[test]
+    fn tokens_refill_at_the_rate_of_the_callers_clock() {
+        let c = IntCounterVec::new(prometheus::Opts::new("s", "s"), &["kind"]).unwrap();
+        let l = LogLimiter::new(2.0, 1, c);
+        let key: Arc<str> = "k".into();
+        let t0 = Instant::now();
+        assert!(l.allow("access", &key, t0));
+        assert!(!l.allow("access", &key, t0));
+        assert!(!l.allow("access", &key, t0 + Duration::from_millis(400)));
+        assert!(l.allow("access", &key, t0 + Duration::from_millis(1000)));
     }
 }

@@ -101,7 +101,7 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
             Err(kind) => return Tried::Failed(located(kind, &route)),
         };
         // --- balance ---
-        let Some(endpoint) = upstream.endpoints.pick(started) else {
+        let Some(endpoint) = upstream.endpoints.pick(started, |n| fastrand::usize(..n)) else {
             let known = upstream.endpoints.len();
             return Tried::Failed(located(ErrorKind::NoHealthyEndpoints { known }, &route));
         };
@@ -181,6 +181,7 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
                 .endpoints
                 .record(finished, &endpoint, verdict.failed, verdict.latency, verdict.backoff)
         {
+            tokio::spawn(upstream.endpoints.refresh_after(period));
             tracing::warn!(
                 kind = "outlier",
                 upstream = %upstream.name,
@@ -309,14 +310,18 @@ fn decide(
     let Some(reason) = reason.filter(|_| can_replay && fwd.replay_limit.is_some()) else {
         return Next::Stop;
     };
-    let remaining = fwd.target.deadline.saturating_duration_since(Instant::now());
+    let now = Instant::now();
+    let remaining = fwd.target.deadline.saturating_duration_since(now);
     let upstream_wait = match tried {
         Tried::Answered(a) => retry::retry_after(a.response.headers()),
         Tried::Failed(_) => None,
     };
     // The attempt just recorded is the `n`th.
     let n = done.attempts_made() as u32;
-    match route.retry.decide(n, reason, remaining, upstream_wait) {
+    match route
+        .retry
+        .decide(n, reason, remaining, upstream_wait, now, fastrand::f64())
+    {
         Decision::Stop => {
             done.decided(NextStep::stop(reason));
             Next::Stop
@@ -331,7 +336,7 @@ fn decide(
         }
         Decision::RetryAfter(wait, reason) => {
             route.retry.count(reason);
-            done.decided(NextStep::retry(reason, wait, Some(route.retry.budget_left())));
+            done.decided(NextStep::retry(reason, wait, Some(route.retry.budget_left(now))));
             Next::After(wait)
         }
     }

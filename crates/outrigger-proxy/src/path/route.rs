@@ -78,7 +78,8 @@ pub(super) async fn inject_fault(
     let Some(f) = &route.fault else {
         return Ok(());
     };
-    let chosen = fault::choose(f, headers).map_err(|reason| located(ErrorKind::BadRequest { reason }, route))?;
+    let chosen =
+        fault::choose(f, headers, fastrand::f64).map_err(|reason| located(ErrorKind::BadRequest { reason }, route))?;
     if chosen.delay.is_some() || chosen.abort.is_some() {
         route.faults.inc();
         done.fault = Some(chosen.describe());

@@ -190,19 +190,20 @@ impl Endpoints {
     }
 
     /// Picks an endpoint: two random candidates among the usable ones, the cheaper wins.
-    /// Endpoints backing off (429) are used only when nothing else is left.
-    pub fn pick(&self, now: Instant) -> Option<Arc<EndpointRt>> {
+    /// Endpoints backing off (429) are used only when nothing else is left. `draw(n)` gives
+    /// a uniform index below `n` (the caller's random source, so a test can fix it).
+    pub fn pick(&self, now: Instant, mut draw: impl FnMut(usize) -> usize) -> Option<Arc<EndpointRt>> {
         let all = self.current.load();
-        let usable = |allow_backoff: bool| -> Option<Arc<EndpointRt>> {
+        let mut usable = |allow_backoff: bool| -> Option<Arc<EndpointRt>> {
             let n = all.len();
             if n == 0 {
                 return None;
             }
-            let first = fastrand::usize(..n);
+            let first = draw(n) % n;
             let a = (0..n)
                 .map(|k| (first + k) % n)
                 .find(|&i| all[i].usable(now, allow_backoff))?;
-            let second = fastrand::usize(..n);
+            let second = draw(n) % n;
             let b = (0..n)
                 .map(|k| (second + k) % n)
                 .find(|&i| i != a && all[i].usable(now, allow_backoff));
@@ -248,15 +249,19 @@ impl Endpoints {
         let period = lock(&ep.stats).outlier.eject(now.into_std(), &self.outlier);
         self.ejections.inc();
         self.update_healthy(now);
-        // Bring the gauge back when the ejection ends, even if no request looks.
+        Health::Ejected(period)
+    }
+
+    /// Sets the healthy-endpoints gauge again when an ejection of `period` ends, even if
+    /// no request looks: a future for the caller to spawn (a record call spawns nothing).
+    pub fn refresh_after(&self, period: Duration) -> impl Future<Output = ()> + Send + 'static {
         let healthy = self.healthy.clone();
         let current = self.current.load_full();
-        tokio::spawn(async move {
+        async move {
             tokio::time::sleep(period).await;
             let now = Instant::now();
             healthy.set(current.iter().filter(|e| e.usable(now, true)).count() as i64);
-        });
-        Health::Ejected(period)
+        }
     }
 
     /// How many endpoints there are now.
@@ -267,5 +272,67 @@ impl Endpoints {
     /// Whether there are none (every name failed to resolve).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream of three endpoints from a config file's own reader, with the outlier rule
+    /// `consecutive_failures: 1`, `eject_for: 10s`.
+    fn three() -> Endpoints {
+        let yaml = "listeners: [{name: in, address: 127.0.0.1:0}]\n\
+                    upstreams:\n  app:\n    endpoints: [127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3]\n    \
+                    outlier_detection: {consecutive_failures: 1, eject_for: 10s, max_ejected_percent: 50}\n\
+                    routes: [{name: r, match: {path_prefix: /}, upstream: app}]\n";
+        let config = outrigger_config::from_yaml(yaml, "t.yaml", &|_| None).expect("valid");
+        let ejections = IntCounter::new("e", "e").expect("counter");
+        let healthy = IntGauge::new("h", "h").expect("gauge");
+        Endpoints::new(&config.upstreams[0], ejections, healthy)
+    }
+
+    fn port(e: &EndpointRt) -> String {
+        e.pool.label().rsplit(':').next().unwrap_or("").to_owned()
+    }
+
+    /// The draw is the caller's: fixed candidates give a fixed choice, the cheaper of the two.
+    #[tokio::test(start_paused = true)]
+    async fn of_two_candidates_the_cheaper_is_picked() {
+        let eps = three();
+        let now = Instant::now();
+        let all = eps.current.load_full();
+        // Endpoint :2 answers slowly, :3 quickly.
+        for _ in 0..5 {
+            eps.record(now, &all[1], false, Some(Duration::from_millis(400)), None);
+            eps.record(now, &all[2], false, Some(Duration::from_millis(2)), None);
+        }
+        let mut draws = [1, 2].into_iter();
+        let picked = eps.pick(now, |_| draws.next().unwrap_or(0)).expect("an endpoint");
+        assert_eq!(port(&picked), "3");
+        let mut draws = [2, 1].into_iter();
+        let picked = eps.pick(now, |_| draws.next().unwrap_or(0)).expect("an endpoint");
+        assert_eq!(port(&picked), "3", "whichever comes first");
+    }
+
+    /// An endpoint that failed is ejected (and reported), is not picked while ejected, and
+    /// comes back when its period ends: time is tokio's, paused and advanced by the test.
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_is_skipped_until_its_period_ends() {
+        let eps = three();
+        let all = eps.current.load_full();
+        let now = Instant::now();
+        assert!(matches!(
+            eps.record(now, &all[0], true, None, None),
+            Health::Ejected(p) if p == Duration::from_secs(10)
+        ));
+        for first in 0..3 {
+            let picked = eps.pick(now, |_| first).expect("an endpoint");
+            assert_ne!(port(&picked), "1", "the ejected endpoint is skipped");
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let later = Instant::now();
+        let picked = eps.pick(later, |_| 0).expect("an endpoint");
+        assert_eq!(port(&picked), "1", "back after its period");
     }
 }

@@ -36,7 +36,10 @@ impl Chosen {
 
 /// Rolls the route's dice and reads the request's header. `Err` when the header is
 /// allowed but malformed.
-pub fn choose(fault: &Fault, headers: &HeaderMap) -> Result<Chosen, &'static str> {
+/// `draw` gives uniform numbers in `[0, 1)` (the caller's random source, so a test can
+/// fix it): one per configured fault.
+pub fn choose(fault: &Fault, headers: &HeaderMap, mut draw: impl FnMut() -> f64) -> Result<Chosen, &'static str> {
+    let mut roll = |percent: f64| percent > 0.0 && draw() * 100.0 < percent;
     let mut chosen = Chosen {
         delay: fault.delay.as_ref().filter(|d| roll(d.percent)).map(|d| d.duration),
         abort: fault.abort.as_ref().filter(|a| roll(a.percent)).map(|a| a.status),
@@ -64,10 +67,6 @@ pub fn choose(fault: &Fault, headers: &HeaderMap) -> Result<Chosen, &'static str
     Ok(chosen)
 }
 
-fn roll(percent: f64) -> bool {
-    percent > 0.0 && fastrand::f64() * 100.0 < percent
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +76,28 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(FAULT_HEADER, v.parse().unwrap());
         h
+    }
+
+    #[test]
+    fn a_fault_strikes_when_the_draw_is_under_its_percentage() {
+        let half = Fault {
+            abort: Some(FaultAbort {
+                percent: 50.0,
+                status: 503,
+            }),
+            delay: Some(FaultDelay {
+                percent: 10.0,
+                duration: Duration::from_secs(1),
+            }),
+            allow_header: false,
+        };
+        let mut draws = [0.05, 0.49].into_iter();
+        let chosen = choose(&half, &HeaderMap::new(), || draws.next().unwrap()).unwrap();
+        assert_eq!(chosen.delay, Some(Duration::from_secs(1)));
+        assert_eq!(chosen.abort, Some(503));
+        let mut draws = [0.10, 0.50].into_iter();
+        let chosen = choose(&half, &HeaderMap::new(), || draws.next().unwrap()).unwrap();
+        assert_eq!(chosen, Chosen::default());
     }
 
     #[test]
@@ -94,7 +115,7 @@ mod tests {
         };
         for _ in 0..1000 {
             assert_eq!(
-                choose(&always, &HeaderMap::new()).unwrap(),
+                choose(&always, &HeaderMap::new(), fastrand::f64).unwrap(),
                 Chosen {
                     delay: None,
                     abort: Some(503)
@@ -106,19 +127,22 @@ mod tests {
     #[test]
     fn the_header_is_honoured_only_when_allowed_and_must_be_well_formed() {
         let off = Fault::default();
-        assert_eq!(choose(&off, &headers("abort=500")).unwrap(), Chosen::default());
+        assert_eq!(
+            choose(&off, &headers("abort=500"), fastrand::f64).unwrap(),
+            Chosen::default()
+        );
         let on = Fault {
             allow_header: true,
             ..Fault::default()
         };
         assert_eq!(
-            choose(&on, &headers("abort=500, delay=20ms")).unwrap(),
+            choose(&on, &headers("abort=500, delay=20ms"), fastrand::f64).unwrap(),
             Chosen {
                 delay: Some(Duration::from_millis(20)),
                 abort: Some(500)
             }
         );
-        assert!(choose(&on, &headers("abort=9000")).is_err());
-        assert!(choose(&on, &headers("explode")).is_err());
+        assert!(choose(&on, &headers("abort=9000"), fastrand::f64).is_err());
+        assert!(choose(&on, &headers("explode"), fastrand::f64).is_err());
     }
 }

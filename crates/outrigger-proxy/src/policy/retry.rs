@@ -124,12 +124,12 @@ impl RetryRt {
             .deposit(now.into_std());
     }
 
-    /// Retries the budget still allows now (for the record of a retry decision).
-    pub fn budget_left(&self) -> f64 {
+    /// Retries the budget still allows at `now` (for the record of a retry decision).
+    pub fn budget_left(&self, now: Instant) -> f64 {
         self.budget
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remaining(Instant::now().into_std())
+            .remaining(now.into_std())
     }
 
     /// Which retry condition a failure meets, if the policy lists it.
@@ -176,7 +176,17 @@ impl RetryRt {
 
     /// Decides about retry number `retry` (1 for the first retry) for `reason`, with
     /// `remaining` time left before the deadline and the upstream's `Retry-After` if it sent one.
-    pub fn decide(&self, retry: u32, reason: Reason, remaining: Duration, retry_after: Option<Duration>) -> Decision {
+    /// `now` is the caller's clock and `jitter` a uniform draw in `[0, 1)` for the backoff:
+    /// passed in, so a test can fix both.
+    pub fn decide(
+        &self,
+        retry: u32,
+        reason: Reason,
+        remaining: Duration,
+        retry_after: Option<Duration>,
+        now: Instant,
+        jitter: f64,
+    ) -> Decision {
         let Some(p) = &self.policy else { return Decision::Stop };
         if retry >= p.attempts {
             return Decision::Stop;
@@ -185,7 +195,7 @@ impl RetryRt {
             // The upstream said when: honour it if the deadline allows, else give up now.
             Some(after) if after < remaining => after,
             Some(_) => return Decision::Stop,
-            None => full_jitter(retry, p.backoff.base, p.backoff.max, fastrand::f64()),
+            None => full_jitter(retry, p.backoff.base, p.backoff.max, jitter),
         };
         if wait >= remaining {
             return Decision::Stop;
@@ -194,7 +204,7 @@ impl RetryRt {
             .budget
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .try_withdraw(Instant::now().into_std())
+            .try_withdraw(now.into_std())
         {
             self.exhausted.inc();
             return Decision::BudgetExhausted;
@@ -290,7 +300,10 @@ mod tests {
         assert_eq!(r.replay_limit(&Method::GET), Some(1024));
         assert_eq!(r.replay_limit(&Method::POST), None);
         assert!(
-            matches!(r.decide(2, Reason::Reset, Duration::from_secs(5), None), Decision::Stop),
+            matches!(
+                r.decide(2, Reason::Reset, Duration::from_secs(5), None, Instant::now(), 0.5),
+                Decision::Stop
+            ),
             "attempts used up"
         );
     }
@@ -298,7 +311,7 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_within_the_deadline_only() {
         let r = rt(3, vec![RetryOn::Unavailable], 1.0, 10.0);
-        let wait = |after, remaining| match r.decide(1, Reason::Unavailable, remaining, after) {
+        let wait = |after, remaining| match r.decide(1, Reason::Unavailable, remaining, after, Instant::now(), 0.5) {
             Decision::RetryAfter(w, _) => Some(w),
             _ => None,
         };
@@ -323,7 +336,7 @@ mod tests {
         let r = rt(3, vec![RetryOn::Reset], 0.0, 0.0);
         r.deposit(Instant::now());
         assert!(matches!(
-            r.decide(1, Reason::Reset, Duration::from_secs(5), None),
+            r.decide(1, Reason::Reset, Duration::from_secs(5), None, Instant::now(), 0.5),
             Decision::BudgetExhausted
         ));
         assert_eq!(r.exhausted.get(), 1);

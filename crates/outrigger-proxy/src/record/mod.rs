@@ -488,7 +488,7 @@ impl Completion {
                 if route_name.is_empty() { "(none)" } else { route_name }
             )
             .into();
-            if !self.sinks.log_limiter.allow("access", &key) {
+            if !self.sinks.log_limiter.allow("access", &key, std::time::Instant::now()) {
                 return;
             }
         } else if self.sinks.access_sample_ratio < 1.0 && fastrand::f64() >= self.sinks.access_sample_ratio {
