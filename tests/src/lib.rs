@@ -380,3 +380,60 @@ pub async fn get(url: &str) -> Reply {
     )
     .await
 }
+
+/// The proxy started inside the test process from a typed config
+/// ([`outrigger_config::builder::ConfigBuilder`]), on the test's own runtime: a test can use
+/// tokio's paused time (`#[tokio::test(start_paused = true)]`), where the proxy's timeouts
+/// fire as soon as everything waits. The binary-spawning [`Outrigger`] stays for the CLI,
+/// signals and the log lines. Stops (drains) when dropped.
+pub struct InProcess {
+    /// Bound address of each listener, by name.
+    pub listeners: HashMap<String, SocketAddr>,
+    /// The proxy's metrics, read directly.
+    pub metrics: outrigger_telemetry::Metrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl InProcess {
+    /// Binds every listener of `config` and serves on the current runtime.
+    pub async fn start(config: outrigger_config::Config) -> InProcess {
+        let metrics = outrigger_telemetry::Metrics::new("test", "test").expect("metrics");
+        let proxy = outrigger_proxy::Proxy::bind(config, metrics.clone())
+            .await
+            .expect("bind the listeners");
+        let listeners = proxy.listener_addrs().into_iter().collect();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(proxy.run(async move {
+            let _ = stopped.await;
+        }));
+        InProcess {
+            listeners,
+            metrics,
+            stop: Some(stop),
+        }
+    }
+
+    /// `http://<inbound><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listeners["inbound"])
+    }
+
+    /// The sum of the samples named `name` with every one of `labels` in the metrics text.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! of `outrigger check` is enough to fix a file. The schema and its defaults are in
 //! [`schema`]; `config/outrigger.yaml` documents each field.
 
+pub mod builder;
 mod decode;
 mod env;
 mod error;
