@@ -116,6 +116,13 @@ impl NextStep {
     }
 }
 
+/// A finished request's error code and class (`None` when it succeeded).
+#[derive(Clone, Copy)]
+struct Outcome {
+    code: Option<&'static str>,
+    class: Option<&'static str>,
+}
+
 /// Where in its exchange an attempt failed (DESIGN.md's stages; `dns` and `tls` come with
 /// resolution and TLS errors of their own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -434,6 +441,8 @@ impl Completion {
         }
     }
 
+    /// Finishes the record, once: the metrics, the spans when sampled, and the access line
+    /// when one is due.
     fn record(&mut self) {
         if std::thread::panicking() && self.status.is_none() {
             // The handler panicked: the caller gets a 500 from the panic guard.
@@ -443,57 +452,83 @@ impl Completion {
             )));
         }
         let duration = self.start.elapsed();
+        // Time spent waiting on the upstream: the attempts themselves, not the waits between them.
+        let upstream: Duration = self.attempts.iter().map(|a| a.took).sum();
+        let outcome = self.outcome();
+        self.observe(duration, upstream, outcome);
+        if self.trace.sampled
+            && let Some(spans) = &self.sinks.spans
+        {
+            self.export_spans(spans, duration, outcome.code, outcome.class);
+        }
+        if self.access_line_due(outcome, std::time::Instant::now(), fastrand::f64()) {
+            self.write_access_line(duration, upstream, outcome);
+        }
+    }
+
+    /// The request's error code and class, if it failed: its error, a client that went away
+    /// before the head, or a body that broke after it.
+    fn outcome(&self) -> Outcome {
+        match (&self.error, self.status) {
+            (Some(e), _) => Outcome {
+                code: Some(e.code()),
+                class: Some(e.class().as_str()),
+            },
+            (None, None) => Outcome {
+                code: Some(Stage::ClientCancelled.as_str()),
+                class: Some(ErrorClass::Client.as_str()),
+            },
+            (None, Some(_)) => Outcome {
+                code: self.body_code.map(Code::as_str),
+                class: self.body_code.map(|_| ErrorClass::Upstream.as_str()),
+            },
+        }
+    }
+
+    /// The request's metrics: its duration (successes through the route's resolved series),
+    /// and the proxy's own overhead (the time to the head, less the upstream's and the
+    /// deliberate waits).
+    fn observe(&self, duration: Duration, upstream: Duration, outcome: Outcome) {
         let route_name = self.route.as_ref().map_or("", |r| &*r.name);
-        let (code, class): (Option<&str>, Option<&str>) = match (&self.error, self.status) {
-            (Some(e), _) => (Some(e.code()), Some(e.class().as_str())),
-            (None, None) => (Some(Stage::ClientCancelled.as_str()), Some(ErrorClass::Client.as_str())),
-            (None, Some(_)) => (
-                self.body_code.map(Code::as_str),
-                self.body_code.map(|_| ErrorClass::Upstream.as_str()),
-            ),
-        };
-        let series = match (&self.route, code) {
+        let series = match (&self.route, outcome.code) {
             (Some(route), None) => route.succeeded.get(&self.method, self.status),
             _ => self.sinks.metrics.server_duration.with_label_values(&[
                 route_name,
                 method_label(&self.method).0,
                 status_label(self.status),
-                code.unwrap_or(""),
-                class.unwrap_or(""),
+                outcome.code.unwrap_or(""),
+                outcome.class.unwrap_or(""),
             ]),
         };
         series.observe(duration.as_secs_f64());
-
-        // Time spent waiting on the upstream: the attempts themselves, not the waits between them.
-        let upstream: Duration = self.attempts.iter().map(|a| a.took).sum();
         if let (Some(route), Some(head_at)) = (&self.route, self.head_at) {
             route
                 .overhead
                 .observe(head_at.saturating_sub(upstream + self.waited).as_secs_f64());
         }
-        if self.trace.sampled
-            && let Some(spans) = &self.sinks.spans
-        {
-            self.export_spans(spans, duration, code, class);
-        }
+    }
+
+    /// Whether this request gets an access line: failures always, but at most at the
+    /// configured rate per code and route (`now`: the caller's clock); successes sampled
+    /// (`draw`: a uniform number in `[0, 1)`).
+    fn access_line_due(&self, outcome: Outcome, now: std::time::Instant, draw: f64) -> bool {
         if !self.sinks.access_log {
-            return;
+            return false;
         }
-        let failed = code.is_some() || self.fallback.is_some() || self.client_gone;
+        let failed = outcome.code.is_some() || self.fallback.is_some() || self.client_gone;
         if failed {
-            // Failures are always logged, but at most at the configured rate per code and route.
-            let key: Arc<str> = format!(
-                "{} on route {}",
-                code.unwrap_or("fallback"),
-                if route_name.is_empty() { "(none)" } else { route_name }
-            )
-            .into();
-            if !self.sinks.log_limiter.allow("access", &key, std::time::Instant::now()) {
-                return;
-            }
-        } else if self.sinks.access_sample_ratio < 1.0 && fastrand::f64() >= self.sinks.access_sample_ratio {
-            return;
+            let route_name = self.route.as_ref().map_or("(none)", |r| &*r.name);
+            let key: Arc<str> = format!("{} on route {route_name}", outcome.code.unwrap_or("fallback")).into();
+            self.sinks.log_limiter.allow("access", &key, now)
+        } else {
+            self.sinks.access_sample_ratio >= 1.0 || draw < self.sinks.access_sample_ratio
         }
+    }
+
+    /// The access line: one JSON object with a sentence for a person, the ids, the route,
+    /// the attempts and the why.
+    fn write_access_line(&self, duration: Duration, upstream: Duration, outcome: Outcome) {
+        let (code, class) = (outcome.code, outcome.class);
         let path = self.uri.path();
         let method = &self.method;
         // "GET /pay answered 200 by payments in 4ms." — most lines are this one, so it is
