@@ -2,22 +2,22 @@
 //!
 //! [`Proxy::bind`] binds every listener and the admin port of a validated config;
 //! [`Proxy::run`] serves until the shutdown future resolves, then drains. The request path
-//! itself reads top to bottom in [`path`]; docs/architecture.md has the file map.
+//! itself reads top to bottom in `path/mod.rs`; docs/architecture.md has the file map.
 
 mod admin;
-pub mod body;
+mod body;
 pub mod error;
 pub mod http;
 pub mod policy;
 mod record;
-pub mod respond;
+mod respond;
 pub mod router;
-pub mod runtime;
+mod runtime;
 
 mod downstream;
-pub mod path;
+mod path;
 mod sys;
-pub mod upstream;
+mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;

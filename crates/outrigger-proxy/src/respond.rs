@@ -18,7 +18,7 @@ use crate::upstream::pool::UpstreamBody;
 
 /// The gRPC deadline passed while the response was streaming.
 #[derive(Debug)]
-pub struct DeadlineExceeded(pub std::time::Duration);
+pub(crate) struct DeadlineExceeded(pub std::time::Duration);
 
 impl std::fmt::Display for DeadlineExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,7 +33,7 @@ impl std::fmt::Display for DeadlineExceeded {
 impl std::error::Error for DeadlineExceeded {}
 
 /// What a response body is made of.
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     /// Nothing.
     Empty,
     /// A body outrigger made (an error document), sent in one frame.
@@ -44,12 +44,12 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     /// An empty body.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         ProxyBody::Empty
     }
 
     /// A body of these bytes.
-    pub fn full(bytes: Bytes) -> Self {
+    pub(crate) fn full(bytes: Bytes) -> Self {
         ProxyBody::Full(Some(bytes))
     }
 
@@ -65,7 +65,7 @@ impl ProxyBody {
 
 /// The response body stopped coming: the upstream sent nothing of it for this long.
 #[derive(Debug)]
-pub struct BodyIdle(pub std::time::Duration);
+pub(crate) struct BodyIdle(pub std::time::Duration);
 
 impl std::fmt::Display for BodyIdle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,7 +94,7 @@ struct Timers {
 /// A response body on its way to the client, with the request's completion record. An
 /// upstream's body that goes silent for the route's `body_idle_timeout` is ended with an
 /// error, as is a gRPC call's that runs past its deadline.
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     body: ProxyBody,
     completion: Option<Box<Completion>>,
     timers: Option<Box<Timers>>,

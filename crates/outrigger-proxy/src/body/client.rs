@@ -12,7 +12,7 @@ use super::BoxError;
 
 /// Why the client's body was cut off on its way to the upstream.
 #[derive(Debug)]
-pub enum ClientBodyError {
+pub(crate) enum ClientBodyError {
     /// More bytes than the route's `max_body_bytes`.
     TooLarge(u64),
     /// Nothing arrived for this long.
@@ -34,7 +34,7 @@ impl std::error::Error for ClientBodyError {}
 
 /// The client's request body, counted against the route's size limit and cut off when
 /// the client stops sending for the listener's idle timeout.
-pub struct ClientBody {
+pub(crate) struct ClientBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
@@ -44,7 +44,7 @@ pub struct ClientBody {
 
 impl ClientBody {
     /// Wraps a client's body.
-    pub fn new(inner: Incoming, limit: Option<u64>, idle: std::time::Duration) -> Self {
+    pub(crate) fn new(inner: Incoming, limit: Option<u64>, idle: std::time::Duration) -> Self {
         ClientBody {
             inner,
             limit,

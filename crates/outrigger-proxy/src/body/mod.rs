@@ -4,11 +4,11 @@
 //! but the bounded replay buffer. The response side is `crate::respond`.
 
 mod client;
-pub mod replay;
+pub(crate) mod replay;
 mod request;
 
-pub use client::{ClientBody, ClientBodyError};
-pub use request::RequestBody;
+pub(crate) use client::{ClientBody, ClientBodyError};
+pub(crate) use request::RequestBody;
 
 /// The error a response body ends with: the upstream's, or a deadline passed mid-stream.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;

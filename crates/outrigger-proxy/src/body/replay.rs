@@ -30,7 +30,7 @@ struct ReplayState {
 }
 
 /// One attempt's view of a replayable request body.
-pub struct ReplayBody {
+pub(crate) struct ReplayBody {
     shared: Arc<Mutex<ReplayState>>,
     /// Next chunk of `chunks` this replica has not sent yet.
     next: usize,
@@ -39,7 +39,7 @@ pub struct ReplayBody {
 
 impl ReplayBody {
     /// Wraps the client's body, keeping up to `limit` bytes for replays.
-    pub fn new(body: ClientBody, limit: usize) -> Self {
+    pub(crate) fn new(body: ClientBody, limit: usize) -> Self {
         let size_hint = body.size_hint();
         let overflowed = size_hint.lower() > limit as u64;
         let shared = ReplayState {
@@ -59,7 +59,7 @@ impl ReplayBody {
     }
 
     /// A fresh replica for another attempt, or `None` when the body outgrew the limit.
-    pub fn replay(&self) -> Option<ReplayBody> {
+    pub(crate) fn replay(&self) -> Option<ReplayBody> {
         let s = lock(&self.shared);
         (!s.overflowed).then(|| ReplayBody {
             shared: self.shared.clone(),
@@ -69,7 +69,7 @@ impl ReplayBody {
     }
 
     /// Whether a replay is still possible.
-    pub fn is_replayable(&self) -> bool {
+    pub(crate) fn is_replayable(&self) -> bool {
         !lock(&self.shared).overflowed
     }
 }

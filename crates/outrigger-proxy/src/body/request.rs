@@ -10,7 +10,7 @@ use super::replay::ReplayBody;
 use super::{BoxError, ClientBody};
 
 /// A request body on its way to the upstream.
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     /// The client's body, streamed as it arrives (sent once). Boxed: hyper's client keeps
     /// blocks of 32 requests per upstream connection, so every byte here costs 32 per
     /// connection even when no request has a body.

@@ -96,7 +96,6 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let ctx = Arc::new(ConnCtx {
             listener: index,
-            peer,
             active: Arc::new(AtomicUsize::new(0)),
             forwarding: crate::http::headers::Forwarding::new(peer.ip(), "http"),
             attempt_timer: std::sync::Mutex::new(None),

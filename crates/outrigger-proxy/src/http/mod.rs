@@ -5,4 +5,4 @@
 
 pub mod added;
 pub mod headers;
-pub mod trace;
+pub(crate) mod trace;

@@ -12,9 +12,9 @@ use outrigger_telemetry::logging::lower_hex_into;
 use super::headers::Carried;
 
 /// `traceparent`.
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// `tracestate`.
-pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The trace a request belongs to, and this proxy's span in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl TraceParent {
     }
 
     /// The value as a header value (for HTTP/2).
-    pub fn to_header_value(&self) -> HeaderValue {
+    pub fn to_header_value(self) -> HeaderValue {
         // Hex digits, dashes and zeros only: always a valid value.
         HeaderValue::from_bytes(&self.0).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
@@ -74,7 +74,7 @@ fn lower_hex(s: &str) -> bool {
 }
 
 /// Parses a `traceparent` value: (trace id, parent id, sampled).
-pub fn parse_traceparent(v: &[u8]) -> Option<(u128, u64, bool)> {
+pub(crate) fn parse_traceparent(v: &[u8]) -> Option<(u128, u64, bool)> {
     let s = std::str::from_utf8(v).ok()?;
     // Version 00 is exactly 55 characters; later versions may append fields after a '-'.
     let head = s.get(..55)?;
@@ -98,7 +98,7 @@ pub fn parse_traceparent(v: &[u8]) -> Option<(u128, u64, bool)> {
 
 /// Parses B3: the single `b3` header (`traceid-spanid[-sampled[-parent]]`) or the
 /// `X-B3-TraceId`/`X-B3-SpanId`/`X-B3-Sampled` headers. 64-bit trace ids are widened.
-pub fn parse_b3(h: &HeaderMap) -> Option<(u128, u64, bool)> {
+pub(crate) fn parse_b3(h: &HeaderMap) -> Option<(u128, u64, bool)> {
     let hex128 = |s: &str| {
         (matches!(s.len(), 16 | 32) && lower_hex(s))
             .then(|| u128::from_str_radix(s, 16).ok())

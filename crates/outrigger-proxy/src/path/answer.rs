@@ -186,7 +186,7 @@ impl Runtime {
 
     /// The answer to a request whose handler panicked: 500 internal, counted and logged at
     /// error level. The connection and the process carry on.
-    pub fn panicked(
+    pub(crate) fn panicked(
         &self,
         request_id: &HeaderValue,
         version: Version,

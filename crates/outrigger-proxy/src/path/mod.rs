@@ -23,7 +23,6 @@ mod attempt;
 mod rewrite;
 mod route;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -43,15 +42,13 @@ use crate::record::Completion;
 use crate::respond::ResponseBody;
 use crate::runtime::{ListenerRt, RouteRt, Runtime};
 
-pub use rewrite::Forward;
+pub(crate) use rewrite::Forward;
 use rewrite::Target;
 
 /// Facts about the client connection a request arrived on.
-pub struct ConnCtx {
+pub(crate) struct ConnCtx {
     /// Index of the listener in the config.
     pub listener: usize,
-    /// The client's address.
-    pub peer: SocketAddr,
     /// Requests in flight on this connection (the idle timeout only closes at zero).
     pub active: Arc<AtomicUsize>,
     /// The forwarding header values for this peer, made once.
@@ -93,7 +90,7 @@ impl ConnCtx {
 impl Runtime {
     /// Serves one request. Never fails: every failure becomes a response.
     /// `request_id` is the sane inbound `x-request-id` or a new one ([`headers::request_id`]).
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnCtx>,

@@ -39,7 +39,7 @@ pub(super) struct Target {
 }
 
 /// A request on its way to its route's upstream: everything the attempts share.
-pub struct Forward {
+pub(crate) struct Forward {
     pub(super) route: Arc<RouteRt>,
     /// The upstream request's head, written as it is (HTTP/1.1) or copied (HTTP/2) by each
     /// attempt, never cloned per attempt.

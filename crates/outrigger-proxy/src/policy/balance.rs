@@ -29,7 +29,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One endpoint address and what the balancer knows about it.
-pub struct EndpointRt {
+pub(crate) struct EndpointRt {
     /// Its connection pool.
     pub pool: Arc<EndpointPool>,
     in_flight: AtomicU32,
@@ -66,14 +66,14 @@ impl EndpointRt {
     }
 
     /// Counts a request in flight until the returned guard drops.
-    pub fn start(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
 }
 
 /// One request in flight to an endpoint.
-pub struct InFlight(Arc<EndpointRt>);
+pub(crate) struct InFlight(Arc<EndpointRt>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -82,7 +82,7 @@ impl Drop for InFlight {
 }
 
 /// The endpoints of one upstream.
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     upstream: Arc<str>,
     configured: Vec<Endpoint>,
     settings: PoolSettings,
@@ -93,7 +93,7 @@ pub struct Endpoints {
 }
 
 /// What happened to an endpoint because of one result.
-pub enum Health {
+pub(crate) enum Health {
     /// Nothing changed.
     Unchanged,
     /// It was ejected for this long.
@@ -103,7 +103,7 @@ pub enum Health {
 impl Endpoints {
     /// Endpoints from config: IP endpoints are used as they are; DNS names are resolved by
     /// [`Endpoints::resolve`] (called once before serving and then every `resolve_every`).
-    pub fn new(cfg: &Upstream, ejections: IntCounter, healthy: IntGauge) -> Self {
+    pub(crate) fn new(cfg: &Upstream, ejections: IntCounter, healthy: IntGauge) -> Self {
         let settings = PoolSettings {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.pool.idle_timeout,
@@ -138,7 +138,7 @@ impl Endpoints {
     }
 
     /// Whether any endpoint is a DNS name (and so needs re-resolving).
-    pub fn has_names(&self) -> bool {
+    pub(crate) fn has_names(&self) -> bool {
         self.configured
             .iter()
             .any(|e| e.host.parse::<std::net::IpAddr>().is_err())
@@ -147,7 +147,7 @@ impl Endpoints {
     /// Resolves every DNS name again and replaces the endpoint set, keeping the pools and
     /// statistics of addresses that are still there. A name that fails to resolve keeps
     /// its previous addresses: a DNS hiccup must not empty an upstream.
-    pub async fn resolve(&self) {
+    pub(crate) async fn resolve(&self) {
         let old = self.current.load_full();
         let mut next: Vec<Arc<EndpointRt>> = Vec::with_capacity(old.len());
         for e in &self.configured {
@@ -192,7 +192,7 @@ impl Endpoints {
     /// Picks an endpoint: two random candidates among the usable ones, the cheaper wins.
     /// Endpoints backing off (429) are used only when nothing else is left. `draw(n)` gives
     /// a uniform index below `n` (the caller's random source, so a test can fix it).
-    pub fn pick(&self, now: Instant, mut draw: impl FnMut(usize) -> usize) -> Option<Arc<EndpointRt>> {
+    pub(crate) fn pick(&self, now: Instant, mut draw: impl FnMut(usize) -> usize) -> Option<Arc<EndpointRt>> {
         let all = self.current.load();
         let mut usable = |allow_backoff: bool| -> Option<Arc<EndpointRt>> {
             let n = all.len();
@@ -218,7 +218,7 @@ impl Endpoints {
     /// Records an attempt's result for balancing and outlier detection. `latency` is what
     /// the balancer should learn from it: the time of an answer or of a timeout, but not of
     /// a fast failure (a refusing endpoint must not look fast).
-    pub fn record(
+    pub(crate) fn record(
         &self,
         now: Instant,
         ep: &EndpointRt,
@@ -254,7 +254,7 @@ impl Endpoints {
 
     /// Sets the healthy-endpoints gauge again when an ejection of `period` ends, even if
     /// no request looks: a future for the caller to spawn (a record call spawns nothing).
-    pub fn refresh_after(&self, period: Duration) -> impl Future<Output = ()> + Send + 'static {
+    pub(crate) fn refresh_after(&self, period: Duration) -> impl Future<Output = ()> + Send + 'static {
         let healthy = self.healthy.clone();
         let current = self.current.load_full();
         async move {
@@ -265,13 +265,8 @@ impl Endpoints {
     }
 
     /// How many endpoints there are now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.current.load().len()
-    }
-
-    /// Whether there are none (every name failed to resolve).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -9,11 +9,11 @@ use outrigger_config::Fault;
 
 /// The request header that asks for a fault: `abort=503`, `delay=500ms`, or both
 /// separated by a comma.
-pub use crate::http::headers::FAULT_HEADER;
+pub(crate) use crate::http::headers::FAULT_HEADER;
 
 /// The faults chosen for one request.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Chosen {
+pub(crate) struct Chosen {
     /// Wait this long first.
     pub delay: Option<Duration>,
     /// Then answer this status instead of calling the upstream.
@@ -22,7 +22,7 @@ pub struct Chosen {
 
 impl Chosen {
     /// A short description for logs: `delay=500ms`, `abort=503`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(d) = self.delay {
             parts.push(format!("delay={}", outrigger_resilience::humanize(d)));
@@ -38,7 +38,11 @@ impl Chosen {
 /// allowed but malformed.
 /// `draw` gives uniform numbers in `[0, 1)` (the caller's random source, so a test can
 /// fix it): one per configured fault.
-pub fn choose(fault: &Fault, headers: &HeaderMap, mut draw: impl FnMut() -> f64) -> Result<Chosen, &'static str> {
+pub(crate) fn choose(
+    fault: &Fault,
+    headers: &HeaderMap,
+    mut draw: impl FnMut() -> f64,
+) -> Result<Chosen, &'static str> {
     let mut roll = |percent: f64| percent > 0.0 && draw() * 100.0 < percent;
     let mut chosen = Chosen {
         delay: fault.delay.as_ref().filter(|d| roll(d.percent)).map(|d| d.duration),

@@ -4,7 +4,7 @@
 //! rules themselves are pure state machines in `outrigger-resilience`; these modules wire
 //! them to requests.
 
-pub mod balance;
+pub(crate) mod balance;
 pub mod circuit;
-pub mod fault;
-pub mod retry;
+pub(crate) mod fault;
+pub(crate) mod retry;

@@ -16,7 +16,7 @@ use crate::error::ErrorKind;
 
 /// Why a retry is made (the `reason` label of `outrigger_retries_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The connection could not be made.
     ConnectFailure,
     /// The connection was reset before a response.
@@ -36,7 +36,7 @@ pub enum Reason {
 
 impl Reason {
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::ConnectFailure => "connect_failure",
             Reason::Reset => "reset",
@@ -60,7 +60,7 @@ impl Reason {
 }
 
 /// What the retry loop should do after an attempt.
-pub enum Decision {
+pub(crate) enum Decision {
     /// Return what we have.
     Stop,
     /// The budget is spent: return what we have, and say so.
@@ -70,7 +70,7 @@ pub enum Decision {
 }
 
 /// A route's retry state.
-pub struct RetryRt {
+pub(crate) struct RetryRt {
     policy: Option<Retry>,
     budget: Mutex<RetryBudget>,
     counters: [IntCounter; 7],
@@ -78,7 +78,7 @@ pub struct RetryRt {
 }
 
 /// Methods that may be sent twice without changing the outcome (RFC 9110 §9.2.2).
-pub fn idempotent(m: &Method) -> bool {
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -88,7 +88,7 @@ pub fn idempotent(m: &Method) -> bool {
 impl RetryRt {
     /// The retry state of route `route` (`policy: None` = one attempt, but the keep-alive
     /// race is still handled).
-    pub fn new(route: &str, policy: Option<Retry>, retries: &IntCounterVec, exhausted: IntCounter) -> Self {
+    pub(crate) fn new(route: &str, policy: Option<Retry>, retries: &IntCounterVec, exhausted: IntCounter) -> Self {
         let (ratio, floor) = policy
             .as_ref()
             .map_or((0.2, 10.0), |p| (p.budget.ratio, p.budget.min_per_second));
@@ -100,24 +100,19 @@ impl RetryRt {
         }
     }
 
-    /// Total tries allowed, including the first.
-    pub fn attempts(&self) -> u32 {
-        self.policy.as_ref().map_or(1, |p| p.attempts)
-    }
-
     /// The per-try timeout, if any.
-    pub fn per_try_timeout(&self) -> Option<Duration> {
+    pub(crate) fn per_try_timeout(&self) -> Option<Duration> {
         self.policy.as_ref().and_then(|p| p.per_try_timeout)
     }
 
     /// The replay buffer size when this request may be retried at all.
-    pub fn replay_limit(&self, method: &Method) -> Option<usize> {
+    pub(crate) fn replay_limit(&self, method: &Method) -> Option<usize> {
         let p = self.policy.as_ref()?;
         (p.attempts > 1 && (!p.idempotent_only || idempotent(method))).then_some(p.replay_buffer_bytes)
     }
 
     /// Counts a request (arrived at `now`) against the budget, once per request.
-    pub fn deposit(&self, now: Instant) {
+    pub(crate) fn deposit(&self, now: Instant) {
         self.budget
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -125,7 +120,7 @@ impl RetryRt {
     }
 
     /// Retries the budget still allows at `now` (for the record of a retry decision).
-    pub fn budget_left(&self, now: Instant) -> f64 {
+    pub(crate) fn budget_left(&self, now: Instant) -> f64 {
         self.budget
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -133,7 +128,7 @@ impl RetryRt {
     }
 
     /// Which retry condition a failure meets, if the policy lists it.
-    pub fn reason_for_failure(&self, kind: &ErrorKind) -> Option<Reason> {
+    pub(crate) fn reason_for_failure(&self, kind: &ErrorKind) -> Option<Reason> {
         let reason = match kind {
             ErrorKind::UpstreamConnectFailed { .. } => Reason::ConnectFailure,
             ErrorKind::UpstreamReset => Reason::Reset,
@@ -145,7 +140,7 @@ impl RetryRt {
 
     /// Which retry condition a response meets: its status, or a gRPC UNAVAILABLE in a
     /// trailers-only response head.
-    pub fn reason_for_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<Reason> {
+    pub(crate) fn reason_for_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<Reason> {
         let p = self.policy.as_ref()?;
         let grpc_unavailable = headers.get("grpc-status").is_some_and(|v| v == "14");
         let code = status.as_u16();
@@ -178,7 +173,7 @@ impl RetryRt {
     /// `remaining` time left before the deadline and the upstream's `Retry-After` if it sent one.
     /// `now` is the caller's clock and `jitter` a uniform draw in `[0, 1)` for the backoff:
     /// passed in, so a test can fix both.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         retry: u32,
         reason: Reason,
@@ -213,7 +208,7 @@ impl RetryRt {
     }
 
     /// Counts a retry that is being made.
-    pub fn count(&self, reason: Reason) {
+    pub(crate) fn count(&self, reason: Reason) {
         if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
             self.counters[i].inc();
         }
@@ -224,7 +219,7 @@ impl RetryRt {
 ///
 /// Capped at an hour: it is the upstream's word, and a huge or buggy value must neither bench
 /// an endpoint for years nor overflow the clock it is added to.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     const LONGEST: Duration = Duration::from_secs(3600);
     let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim()

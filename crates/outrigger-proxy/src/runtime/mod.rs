@@ -3,7 +3,7 @@
 //! and pools, and where finished requests are recorded. The request path (`crate::path`)
 //! reads it; nothing here handles a request.
 
-pub mod upstream;
+pub(crate) mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ use crate::sys::counter::Slot;
 use upstream::UpstreamRt;
 
 /// A route at run time.
-pub struct RouteRt {
+pub(crate) struct RouteRt {
     /// The route's name (the `http_route` label).
     pub name: Arc<str>,
     /// Where it sends traffic.
@@ -49,9 +49,7 @@ pub(crate) struct FallbackRt {
 }
 
 /// A listener's settings the request path needs.
-pub struct ListenerRt {
-    /// Its name.
-    pub name: Arc<str>,
+pub(crate) struct ListenerRt {
     /// Inbound or outbound.
     pub role: Role,
     /// Largest request head.
@@ -73,7 +71,7 @@ impl ListenerRt {
 }
 
 /// Everything the request path needs, built once from a config.
-pub struct Runtime {
+pub(crate) struct Runtime {
     pub(crate) router: Router<Arc<RouteRt>>,
     pub(crate) listeners: Vec<ListenerRt>,
     pub(crate) upstreams: Vec<Arc<UpstreamRt>>,
@@ -95,7 +93,7 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles a validated config into the runtime form.
     /// `spans`: where finished spans go, when `telemetry.tracing.otlp_endpoint` is set.
-    pub fn new(config: &Config, metrics: Metrics, spans: Option<outrigger_telemetry::spans::SpanQueue>) -> Self {
+    pub(crate) fn new(config: &Config, metrics: Metrics, spans: Option<outrigger_telemetry::spans::SpanQueue>) -> Self {
         let upstreams: Vec<Arc<UpstreamRt>> = config
             .upstreams
             .iter()
@@ -157,7 +155,6 @@ impl Runtime {
                 .listeners
                 .iter()
                 .map(|l| ListenerRt {
-                    name: l.name.as_str().into(),
                     role: l.role,
                     max_header_bytes: l.limits.max_header_bytes,
                     max_in_flight: l.limits.max_in_flight,
@@ -201,7 +198,7 @@ impl Runtime {
     }
 
     /// Every upstream (for DNS refresh and debug endpoints).
-    pub fn upstreams(&self) -> &[Arc<UpstreamRt>] {
+    pub(crate) fn upstreams(&self) -> &[Arc<UpstreamRt>] {
         &self.upstreams
     }
 }

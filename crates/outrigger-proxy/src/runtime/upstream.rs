@@ -19,7 +19,7 @@ use crate::policy::circuit::Circuit;
 use crate::upstream::pool::{ConnInfo, EndpointPool, SendError, UpstreamBody};
 
 /// One upstream's endpoints, breaker and protocol.
-pub struct UpstreamRt {
+pub(crate) struct UpstreamRt {
     /// The upstream's name from config.
     pub name: Arc<str>,
     /// Its endpoints and balancer.
@@ -42,7 +42,7 @@ struct LatencyWatch {
 }
 
 /// The result of one attempt that failed.
-pub struct AttemptFailure {
+pub(crate) struct AttemptFailure {
     /// What went wrong, as an error code.
     pub kind: ErrorKind,
     /// The connection used, when one was established.
@@ -50,7 +50,7 @@ pub struct AttemptFailure {
 }
 
 /// The result of one attempt that got a response head.
-pub struct AttemptResponse {
+pub(crate) struct AttemptResponse {
     /// The response, body still streaming.
     pub response: Response<UpstreamBody>,
     /// The connection used.
@@ -59,7 +59,7 @@ pub struct AttemptResponse {
 
 impl UpstreamRt {
     /// Builds the runtime form of a configured upstream. No connection is made yet.
-    pub fn new(cfg: &Upstream, inflation: &LatencyInflation, metrics: &Metrics) -> Self {
+    pub(crate) fn new(cfg: &Upstream, inflation: &LatencyInflation, metrics: &Metrics) -> Self {
         let name = cfg.name.as_str();
         UpstreamRt {
             name: name.into(),
@@ -103,7 +103,7 @@ impl UpstreamRt {
 
     /// Folds one attempt's time to its response head (or to its timeout) into the latency
     /// baseline; logs when the upstream becomes (or stops being) much slower than usual.
-    pub fn observe_latency(&self, took: Duration, now: Instant) {
+    pub(crate) fn observe_latency(&self, took: Duration, now: Instant) {
         let finished = self
             .latency
             .baseline
@@ -145,7 +145,7 @@ impl UpstreamRt {
 
     /// Whether a request goes out over HTTP/2: always for `http2`, for gRPC under `auto`,
     /// never for a protocol upgrade (WebSocket needs HTTP/1.1).
-    pub fn uses_http2(&self, grpc: bool, upgrade: bool) -> bool {
+    pub(crate) fn uses_http2(&self, grpc: bool, upgrade: bool) -> bool {
         !upgrade
             && match self.protocol {
                 Protocol::Http1 => false,
@@ -157,7 +157,7 @@ impl UpstreamRt {
     /// Sends one attempt to `pool`. `head` must carry an origin-form URI and the client's
     /// `Host`; the HTTP/2 form (`:authority`) is derived here. `fresh_only` skips pooled
     /// connections.
-    pub async fn send_to(
+    pub(crate) async fn send_to(
         pool: &Arc<EndpointPool>,
         head: &http::request::Parts,
         added: &crate::http::added::Added,
@@ -206,7 +206,7 @@ impl UpstreamRt {
 
     /// Notes a reused connection that failed before any response (the keep-alive race);
     /// logs once a minute when it keeps happening, naming the setting to change.
-    pub fn keepalive_race(&self, idle_for: Duration) {
+    pub(crate) fn keepalive_race(&self, idle_for: Duration) {
         let mut t = self.races.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if now.duration_since(t.since) > Duration::from_secs(60) {

@@ -3,5 +3,5 @@
 //! driven inside the request's task. What an upstream is at run time (its breaker,
 //! balancer and pools together) is `crate::runtime::upstream`.
 
-pub mod h1;
-pub mod pool;
+pub(crate) mod h1;
+pub(crate) mod pool;

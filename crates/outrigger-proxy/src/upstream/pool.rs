@@ -35,7 +35,7 @@ use crate::upstream::h1;
 
 /// Pool settings of one upstream.
 #[derive(Clone, Debug)]
-pub struct PoolSettings {
+pub(crate) struct PoolSettings {
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
     /// Close idle connections after this long.
@@ -46,7 +46,7 @@ pub struct PoolSettings {
 
 /// Why a connection could not be made.
 #[derive(Debug)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The connect did not finish in time.
     Timeout(Duration),
     /// The connect failed (refused, unreachable, reset).
@@ -57,7 +57,7 @@ pub enum ConnectError {
 
 impl ConnectError {
     /// A few words for the error detail: "connection refused", "timed out after 1s".
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             ConnectError::Timeout(d) => format!(
                 "the connection was not established within {}",
@@ -77,7 +77,7 @@ impl ConnectError {
 
 /// How the connection used for a request was obtained.
 #[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// It had served requests before.
     pub reused: bool,
     /// How long it had been idle before this request (zero when fresh).
@@ -90,7 +90,7 @@ struct IdleConn {
 }
 
 /// The connections to one resolved endpoint address.
-pub struct EndpointPool {
+pub(crate) struct EndpointPool {
     addr: SocketAddr,
     label: String,
     /// `"endpoint":…` as access lines carry it.
@@ -104,7 +104,7 @@ pub struct EndpointPool {
 impl EndpointPool {
     /// A pool for `addr` (no connection is made yet). `name` is the configured host when it
     /// was a DNS name, shown beside the address in logs.
-    pub fn new(addr: SocketAddr, name: Option<&str>, settings: PoolSettings) -> Self {
+    pub(crate) fn new(addr: SocketAddr, name: Option<&str>, settings: PoolSettings) -> Self {
         let label = match name {
             Some(n) => format!("{addr} ({n})"),
             None => addr.to_string(),
@@ -120,12 +120,12 @@ impl EndpointPool {
     }
 
     /// The address connected to.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// `ip:port` (and the DNS name it came from), for logs and error details.
-    pub fn label(&self) -> &str {
+    pub(crate) fn label(&self) -> &str {
         &self.label
     }
 
@@ -150,7 +150,7 @@ impl EndpointPool {
     /// An idle connection the upstream closed (the keep-alive race) is found before anything
     /// is written to it when its close has reached us, and skipped; one that closes while the
     /// request is on its way fails the attempt as a reset, which the caller may retry.
-    pub async fn send_http1(
+    pub(crate) async fn send_http1(
         self: &Arc<Self>,
         head: &http::request::Parts,
         added: &crate::http::added::Added,
@@ -183,7 +183,7 @@ impl EndpointPool {
     }
 
     /// Sends one request over this endpoint's HTTP/2 connection, connecting if needed.
-    pub async fn send_http2(
+    pub(crate) async fn send_http2(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
         mut fresh_only: bool,
@@ -318,7 +318,7 @@ fn drop_expired(idle: &mut VecDeque<IdleConn>, now: Instant, timeout: Duration) 
 
 /// Why an attempt failed.
 #[derive(Debug)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// No connection could be made.
     Connect(ConnectError),
     /// The HTTP/2 request or response failed on an established connection.
@@ -329,7 +329,7 @@ pub enum SendError {
 
 /// An upstream response body. Over HTTP/1.1 reading it drives the exchange (and the rest of
 /// the request body); once it has ended cleanly the connection goes back to the pool.
-pub struct UpstreamBody(Inner);
+pub(crate) struct UpstreamBody(Inner);
 
 enum Inner {
     Http1 {

@@ -44,7 +44,7 @@ const READ_BUF_KEPT: usize = 32 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug)]
-pub enum Error {
+pub(crate) enum Error {
     /// Reading or writing the connection failed (reset, broken pipe).
     Io(io::Error),
     /// The upstream closed the connection before the response was complete.
