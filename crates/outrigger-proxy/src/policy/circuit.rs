@@ -165,3 +165,75 @@ impl Circuit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit(cfg: &CircuitBreaker) -> (Arc<Circuit>, IntGauge, IntCounterVec) {
+        let gauge = IntGauge::new("state", "state").expect("gauge");
+        let transitions =
+            IntCounterVec::new(prometheus::Opts::new("t", "t"), &["upstream", "from", "to"]).expect("counter");
+        let c = Arc::new(Circuit::new("app", cfg, gauge.clone(), transitions.clone()));
+        (c, gauge, transitions)
+    }
+
+    /// The wiring around the state machine, on tokio's paused clock: failures open the
+    /// breaker (gauge, transition counter), an open breaker refuses with the time until
+    /// half-open and why it opened, and after `open_for` a probe is let through and its
+    /// success closes the breaker again.
+    #[tokio::test(start_paused = true)]
+    async fn failures_open_it_the_open_period_refuses_and_a_probe_closes_it() {
+        let cfg = CircuitBreaker {
+            consecutive_failures: 2,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+            ..CircuitBreaker::default()
+        };
+        let (c, gauge, transitions) = circuit(&cfg);
+        let now = Instant::now();
+        for n in 0..2 {
+            let permit = c.admit(now).expect("closed: admitted");
+            let changed = c.record(now, permit, true, Duration::from_millis(1), "status 503");
+            assert_eq!(changed, (n == 1).then_some(BreakerState::Open));
+        }
+        assert_eq!(gauge.get(), BreakerState::Open.gauge());
+        assert_eq!(transitions.with_label_values(&["app", "closed", "open"]).get(), 1);
+        match c.admit(now) {
+            Err(ErrorKind::CircuitOpen { retry_after, why }) => {
+                assert_eq!(retry_after, Duration::from_secs(5));
+                assert!(why.is_some_and(|w| w.contains("status 503")));
+            }
+            other => panic!("an open breaker refuses: {:?}", other.map(|p| p.state())),
+        }
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let later = Instant::now();
+        let probe = c.admit(later).expect("half-open: a probe is let through");
+        assert_eq!(probe.state(), BreakerState::HalfOpen);
+        assert!(c.admit(later).is_err(), "one probe at a time (half_open_probes: 1)");
+        assert_eq!(
+            c.record(later, probe, false, Duration::from_millis(1), ""),
+            Some(BreakerState::Closed)
+        );
+        assert_eq!(gauge.get(), BreakerState::Closed.gauge());
+        assert!(c.admit(later).is_ok());
+    }
+
+    /// Beyond `max_in_flight` calls it fails fast without asking the state machine, and a
+    /// permit dropped unrecorded gives its slot back.
+    #[tokio::test(start_paused = true)]
+    async fn beyond_max_in_flight_it_fails_fast_and_a_dropped_permit_frees_its_slot() {
+        let cfg = CircuitBreaker {
+            max_in_flight: 2,
+            ..CircuitBreaker::default()
+        };
+        let (c, _, _) = circuit(&cfg);
+        let now = Instant::now();
+        let a = c.admit(now).expect("first");
+        let _b = c.admit(now).expect("second");
+        assert!(matches!(c.admit(now), Err(ErrorKind::CircuitSaturated { limit: 2 })));
+        drop(a);
+        assert!(c.admit(now).is_ok(), "the dropped permit's slot is free again");
+    }
+}

@@ -78,11 +78,31 @@ pub(crate) struct Attempt {
     pub(crate) next: Option<NextStep>,
 }
 
+/// What was decided after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decided {
+    /// Another attempt.
+    Retry,
+    /// No more: attempts or time used up.
+    Stop,
+    /// No more: the route's retry budget is spent.
+    BudgetExhausted,
+}
+
+impl Decided {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decided::Retry => "retry",
+            Decided::Stop => "stop",
+            Decided::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
 /// The retry decision taken after a failed attempt, with the budget it was taken against.
 pub(crate) struct NextStep {
-    /// `retry`, `stop` (attempts or time used up) or `budget_exhausted`.
-    what: &'static str,
-    reason: &'static str,
+    what: Decided,
+    reason: Reason,
     wait: Option<Duration>,
     budget_left: Option<f64>,
 }
@@ -90,8 +110,8 @@ pub(crate) struct NextStep {
 impl NextStep {
     pub(crate) fn retry(reason: Reason, wait: Duration, budget_left: Option<f64>) -> Self {
         NextStep {
-            what: "retry",
-            reason: reason.as_str(),
+            what: Decided::Retry,
+            reason,
             wait: Some(wait),
             budget_left,
         }
@@ -99,8 +119,8 @@ impl NextStep {
 
     pub(crate) fn stop(reason: Reason) -> Self {
         NextStep {
-            what: "stop",
-            reason: reason.as_str(),
+            what: Decided::Stop,
+            reason,
             wait: None,
             budget_left: None,
         }
@@ -108,8 +128,8 @@ impl NextStep {
 
     pub(crate) fn budget_exhausted(reason: Reason) -> Self {
         NextStep {
-            what: "budget_exhausted",
-            reason: reason.as_str(),
+            what: Decided::BudgetExhausted,
+            reason,
             wait: None,
             budget_left: Some(0.0),
         }
@@ -224,8 +244,8 @@ impl Attempt {
             state @ (BreakerState::Open | BreakerState::HalfOpen) => f.str("circuit_state", state.as_str()),
         };
         if let Some(next) = &self.next {
-            f.str("next", next.what);
-            f.str("retry_reason", next.reason);
+            f.str("next", next.what.as_str());
+            f.str("retry_reason", next.reason.as_str());
             if let Some(w) = next.wait {
                 f.millis("backoff_ms", micros(w));
             }
@@ -782,8 +802,8 @@ impl Completion {
                 }
             }
             if let Some(next) = &a.next {
-                attrs.push(Attribute::new("outrigger.retry.next", next.what));
-                attrs.push(Attribute::new("outrigger.retry.reason", next.reason));
+                attrs.push(Attribute::new("outrigger.retry.next", next.what.as_str()));
+                attrs.push(Attribute::new("outrigger.retry.reason", next.reason.as_str()));
                 if let Some(b) = next.budget_left {
                     attrs.push(Attribute::new("outrigger.retry.budget_left", b));
                 }
