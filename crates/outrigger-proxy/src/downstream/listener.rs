@@ -164,8 +164,8 @@ async fn serve_connection(
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
     } else {
         // Each HTTP/2 stream is a task of its own: boxed, the request's future (~3.5 KiB) is
-        // not moved into the stream and then into the task. Written into an uninitialized box:
-        // `Box::pin` copied it twice on the way (−324 instructions per request).
+        // not moved into the stream and then into the task. Written into an uninitialized box
+        // because `Box::pin` copies it twice on the way (docs/performance.md).
         let service = service_fn(move |req| {
             Box::into_pin(Box::write(Box::new_uninit(), respond(shared.clone(), ctx.clone(), req)))
         });
@@ -187,8 +187,8 @@ async fn respond(
         crate::http::headers::request_id_of(req.headers(), carried, arrived.into_std()),
         req.version(),
     );
-    // Marked never-indexed for HPACK: a value unique to each request only churns the HTTP/2
-    // header tables (HTTP/2 cost 4.9 % fewer instructions per request, instructions.sh h2).
+    // Marked never-indexed for HPACK: a value unique to each request would only churn the
+    // HTTP/2 header tables.
     id.set_sensitive(true);
     // A bug in one request must not take the connection, let alone the proxy, down. Each
     // poll is guarded in place: wrapping the future (`catch_unwind()`) moved its ~3 KiB

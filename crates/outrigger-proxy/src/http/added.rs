@@ -10,8 +10,8 @@ use super::trace::TraceContext;
 
 /// The fields this proxy sets on an upstream request, kept beside the client's fields
 /// rather than inserted among them: the HTTP/1.1 client writes them after the client's, with
-/// no hashing and no map insertion (for these non-standard names that was about 1,000
-/// instructions a request), and HTTP/2 inserts them into its own copy of the map. Where the
+/// no hashing and no map insertion (costly for non-standard names, which are hashed whole),
+/// and HTTP/2 inserts them into its own copy of the map. Where the
 /// client sent one of them, [`Added::forward`] and `rewrite` take the client's out of the map.
 #[derive(Clone, Debug, Default)]
 pub struct Added {

@@ -59,9 +59,9 @@ pub(crate) struct ConnCtx {
 
 impl ConnCtx {
     /// A timer set to `deadline` for one upstream attempt: the connection's own, reset, when
-    /// no other attempt holds it. A fresh timer per attempt was registered with the runtime's
-    /// timer wheel and removed again each time (about 2.5 % of a request's instructions);
-    /// moving a registered timer later is one atomic update. Concurrent attempts (HTTP/2
+    /// no other attempt holds it: a fresh timer per attempt is registered with the runtime's
+    /// timer wheel and removed again each time, while moving a registered timer later is one
+    /// atomic update (docs/performance.md has the cost). Concurrent attempts (HTTP/2
     /// streams) beyond the first get a timer of their own. Give it back with
     /// [`ConnCtx::keep_attempt_timer`].
     fn attempt_timer(&self, deadline: Instant) -> Pin<Box<tokio::time::Sleep>> {
