@@ -354,3 +354,38 @@ async fn before<F: Future>(mut timer: Pin<&mut tokio::time::Sleep>, mut work: Pi
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_asks_for_a_pause_with_429_or_with_503_and_retry_after() {
+        let with = |after: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_str(after).unwrap());
+            h
+        };
+        let none = http::HeaderMap::new();
+        let cases = [
+            (StatusCode::TOO_MANY_REQUESTS, &none, Some(Duration::from_secs(1))),
+            (StatusCode::TOO_MANY_REQUESTS, &with("7"), Some(Duration::from_secs(7))),
+            (StatusCode::SERVICE_UNAVAILABLE, &none, None),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                &with("3"),
+                Some(Duration::from_secs(3)),
+            ),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                &with("soon"),
+                Some(Duration::from_secs(1)),
+            ),
+            (StatusCode::BAD_GATEWAY, &with("3"), None),
+            (StatusCode::OK, &with("3"), None),
+        ];
+        for (status, headers, want) in cases {
+            assert_eq!(upstream_backoff(status, headers), want, "{status} {headers:?}");
+        }
+    }
+}

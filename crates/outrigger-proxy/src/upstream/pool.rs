@@ -444,3 +444,81 @@ impl Body for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn pool(max_idle: usize) -> EndpointPool {
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(4),
+            max_idle,
+        };
+        EndpointPool::new("127.0.0.1:1".parse().expect("addr"), None, settings)
+    }
+
+    /// A connected pair: our side as a pooled connection, and the upstream's socket.
+    async fn conn(listener: &TcpListener) -> (Box<h1::Conn>, TcpStream) {
+        let addr = listener.local_addr().expect("addr");
+        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (h1::Conn::new(ours.expect("connect")), theirs.expect("accept").0)
+    }
+
+    fn id(conn: &h1::Conn) -> *const h1::Conn {
+        std::ptr::from_ref(conn)
+    }
+
+    /// The most recently used connection is taken first, with its idle age; connections idle
+    /// for the pool's `idle_timeout` are dropped, not handed out; at most `max_idle` are kept
+    /// (the oldest goes). Time is tokio's, paused and advanced by the test.
+    #[tokio::test(start_paused = true)]
+    async fn the_freshest_connection_first_expired_ones_never_and_at_most_max_idle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let p = pool(2);
+        let (a, _ua) = conn(&listener).await;
+        let (b, _ub) = conn(&listener).await;
+        let (c, _uc) = conn(&listener).await;
+        let (idb, idc) = (id(&b), id(&c));
+        let t0 = Instant::now();
+        p.checkin(a, t0);
+        p.checkin(b, t0 + Duration::from_secs(1));
+        p.checkin(c, t0 + Duration::from_secs(2));
+        // Two kept (max_idle: 2): `a`, the oldest, went.
+        let (got, info) = p.take_idle(t0 + Duration::from_secs(3)).expect("an idle connection");
+        assert_eq!(id(&got), idc, "the most recently used first");
+        assert!(info.reused);
+        assert_eq!(info.idle_for, Duration::from_secs(1));
+        let (got, _) = p.take_idle(t0 + Duration::from_secs(3)).expect("the other");
+        assert_eq!(id(&got), idb);
+        assert!(
+            p.take_idle(t0 + Duration::from_secs(3)).is_none(),
+            "`a`, the oldest, was let go"
+        );
+
+        // Idle for the pool's idle_timeout (4 s): dropped, not handed out.
+        p.checkin(got, t0 + Duration::from_secs(3));
+        assert!(p.take_idle(t0 + Duration::from_secs(7)).is_none());
+    }
+
+    /// A connection the upstream closed while it waited is skipped (the keep-alive race is
+    /// not run into when it can be seen), and the next one is handed out.
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_skipped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let p = pool(4);
+        let (a, _ua) = conn(&listener).await;
+        let (b, ub) = conn(&listener).await;
+        let ida = id(&a);
+        let now = Instant::now();
+        p.checkin(a, now);
+        p.checkin(b, now);
+        drop(ub);
+        // A peek after a long idle sees the close at once.
+        let later = now + Duration::from_secs(2);
+        let (got, _) = p.take_idle(later).expect("the open one");
+        assert_eq!(id(&got), ida);
+        assert!(p.take_idle(later).is_none());
+    }
+}
