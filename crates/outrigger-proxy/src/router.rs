@@ -218,7 +218,8 @@ pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
             None => (authority, None),
         };
     }
-    // On bytes: `rsplit_once` and `contains` on `str` cost 250 instructions per request.
+    // On bytes: the `str` searches (`rsplit_once`, `contains`) check char boundaries that an
+    // ASCII authority does not need.
     let bytes = authority.as_bytes();
     match bytes.iter().rposition(|&b| b == b':') {
         Some(at) if !bytes[..at].contains(&b':') => (&authority[..at], authority[at + 1..].parse().ok()),

@@ -116,8 +116,8 @@ impl Conn {
     /// length of 0), which a faulty upstream may follow with one anyway, right behind it;
     /// and after a second or more idle, when an upstream's idle timer may have sent a 408
     /// just now. Otherwise the event loop's readiness is asked, which is free and sees all
-    /// but bytes that arrived within its last turn: peeking on every reuse cost a fifth
-    /// syscall per request, 2-5 % of the CPU (docs/architecture.md).
+    /// but bytes that arrived within its last turn: peeking on every reuse would add a fifth
+    /// syscall to every request (docs/architecture.md weighs the two).
     pub(crate) fn is_open(&self, idle_for: std::time::Duration) -> bool {
         if !self.buf.is_empty() {
             return false;
