@@ -14,7 +14,10 @@ use outrigger_resilience::BreakerState;
 use outrigger_resilience::deadline::format_grpc_timeout;
 
 use crate::error::{ErrorClass, ErrorKind, ProxyError};
-use crate::policy::balance::Health;
+use std::sync::Arc;
+
+use crate::policy::balance::{EndpointRt, Health};
+use crate::policy::circuit::Permit;
 use crate::policy::retry::{self, Decision, Reason};
 use crate::record::{Attempt, AttemptOutcome, Completion, NextStep};
 use crate::runtime::upstream::{AttemptResponse, UpstreamRt};
@@ -48,6 +51,11 @@ struct Try {
     started: Instant,
     /// Its own limit, when the route's `per_try_timeout` is the shorter.
     per_try: Option<Duration>,
+    /// Its client span (the parent id the upstream saw in `traceparent`).
+    span_id: u64,
+    /// When it ended (the one clock read at its end), and how long it took.
+    finished: Instant,
+    took: Duration,
 }
 
 /// What the loop carries from one attempt to the next.
@@ -91,9 +99,12 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
                 &route,
             ));
         }
-        let this = Try {
+        let mut this = Try {
             started,
             per_try: route.retry.per_try_timeout().filter(|p| *p < remaining),
+            span_id: 0,
+            finished: started,
+            took: Duration::ZERO,
         };
         // --- breaker ---
         let permit = match upstream.circuit.admit(started) {
@@ -116,7 +127,7 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
         // Each attempt's own fields (its span in `traceparent`, the time left in
         // `grpc-timeout`) replace the previous attempt's beside the client's head, which is
         // written as it is (HTTP/1.1) or copied once (HTTP/2), never cloned per attempt.
-        let span_id = fwd.added.set_trace(&done.trace);
+        this.span_id = fwd.added.set_trace(&done.trace);
         if fwd.target.grpc_timeout.is_some() {
             fwd.added.grpc_timeout = HeaderValue::from_str(&format_grpc_timeout(remaining)).ok();
         }
@@ -139,6 +150,7 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
         conn.keep_attempt_timer(timer);
         let finished = Instant::now();
         let took = finished.saturating_duration_since(started);
+        (this.finished, this.took) = (finished, took);
         drop(in_flight);
         if let Some(Ok(answer)) = &mut sent {
             answer.response.body_mut().headed_at(finished);
@@ -162,48 +174,7 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
             }
         };
 
-        // What the breaker, the balancer and the record make of it.
-        let verdict = verdict(&tried, upstream, this.per_try, took);
-        let circuit_state = permit.state();
-        match upstream
-            .circuit
-            .record(finished, permit, verdict.failed, took, &verdict.why)
-        {
-            Some(BreakerState::Open) => done.notes.push(format!("the breaker of '{}' opened", upstream.name)),
-            Some(BreakerState::Closed) => done.notes.push(format!("the breaker of '{}' closed", upstream.name)),
-            _ => {}
-        }
-        if let Some(took) = verdict.latency {
-            upstream.observe_latency(took, finished);
-        }
-        if let Health::Ejected(period) =
-            upstream
-                .endpoints
-                .record(finished, &endpoint, verdict.failed, verdict.latency, verdict.backoff)
-        {
-            tokio::spawn(upstream.endpoints.refresh_after(period));
-            tracing::warn!(
-                kind = "outlier",
-                upstream = %upstream.name,
-                endpoint = %endpoint.pool.label(),
-                eject_for_ms = period.as_millis() as u64,
-                "Endpoint {} of '{}' ejected for {} after repeated failures (last: {}).",
-                endpoint.pool.label(),
-                upstream.name,
-                outrigger_resilience::humanize(period),
-                verdict.why,
-            );
-        }
-        done.attempt(Attempt {
-            endpoint: endpoint.pool.clone(),
-            conn: conn_info,
-            offset: this.started.saturating_duration_since(done.started()),
-            took,
-            outcome: verdict.outcome,
-            span_id,
-            circuit_state,
-            next: None,
-        });
+        settle(upstream, &endpoint, permit, &tried, conn_info, &this, done);
 
         // --- retry decision ---
         match decide(fwd, done, &tried, conn_info, &mut retrying) {
@@ -216,6 +187,63 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
             }
         }
     }
+}
+
+/// What the breaker, the balancer and the record make of an attempt that was made: the
+/// breaker's count (and a note when it opened or closed), the latency baseline, the
+/// endpoint's health (an ejection is logged, and the healthy gauge refreshed when it ends),
+/// and the attempt on the request's record.
+fn settle(
+    upstream: &UpstreamRt,
+    endpoint: &Arc<EndpointRt>,
+    permit: Permit,
+    tried: &Tried,
+    conn_info: Option<ConnInfo>,
+    this: &Try,
+    done: &mut Completion,
+) {
+    let (finished, took) = (this.finished, this.took);
+    let verdict = verdict(tried, upstream, this.per_try, took);
+    let circuit_state = permit.state();
+    match upstream
+        .circuit
+        .record(finished, permit, verdict.failed, took, &verdict.why)
+    {
+        Some(BreakerState::Open) => done.notes.push(format!("the breaker of '{}' opened", upstream.name)),
+        Some(BreakerState::Closed) => done.notes.push(format!("the breaker of '{}' closed", upstream.name)),
+        _ => {}
+    }
+    if let Some(took) = verdict.latency {
+        upstream.observe_latency(took, finished);
+    }
+    if let Health::Ejected(period) =
+        upstream
+            .endpoints
+            .record(finished, endpoint, verdict.failed, verdict.latency, verdict.backoff)
+    {
+        tokio::spawn(upstream.endpoints.refresh_after(period));
+        tracing::warn!(
+            kind = "outlier",
+            upstream = %upstream.name,
+            endpoint = %endpoint.pool.label(),
+            eject_for_ms = period.as_millis() as u64,
+            "Endpoint {} of '{}' ejected for {} after repeated failures (last: {}).",
+            endpoint.pool.label(),
+            upstream.name,
+            outrigger_resilience::humanize(period),
+            verdict.why,
+        );
+    }
+    done.attempt(Attempt {
+        endpoint: endpoint.pool.clone(),
+        conn: conn_info,
+        offset: this.started.saturating_duration_since(done.started()),
+        took,
+        outcome: verdict.outcome,
+        span_id: this.span_id,
+        circuit_state,
+        next: None,
+    });
 }
 
 /// What the breaker, the balancer and the record make of an attempt that was made.
