@@ -228,6 +228,30 @@ fn cross_check(
                 fix,
             );
         }
+        // An identity can only be checked where clients must present a certificate: `allow`
+        // on a route a plain or server-only TLS listener reaches would admit nobody there (or,
+        // worse, be read as a guard that is not one).
+        if r.allow.is_some() {
+            let open: Vec<&str> = listeners
+                .iter()
+                .filter(|l| r.listener.as_ref().is_none_or(|only| *only == l.name))
+                .filter(|l| l.tls.as_ref().is_none_or(|t| t.client_ca.is_none()))
+                .map(|l| l.name.as_str())
+                .collect();
+            if !open.is_empty() {
+                cx.error(
+                    field_pos("allow"),
+                    &format!("{path}.allow"),
+                    format!(
+                        "route `{}` checks client identities, but listener{} `{}` can reach it without asking for a client certificate",
+                        r.name,
+                        if open.len() == 1 { "" } else { "s" },
+                        open.join("`, `")
+                    ),
+                    "set `tls.client_ca` on that listener (mTLS), or bind the route to an mTLS listener with `listener:`",
+                );
+            }
+        }
     }
 }
 
@@ -277,12 +301,6 @@ fn listener(cx: &mut Cx, node: &Node, path: &str) -> Option<Listener> {
             client_ca,
         })
     });
-    refuse_tls(
-        cx,
-        &f,
-        "serve this listener in plain text",
-        "terminate TLS in front of outrigger",
-    );
     let limits = f
         .opt(cx, "limits", |cx, n, p| {
             let l = cx.fields(
@@ -447,12 +465,6 @@ fn upstream(cx: &mut Cx, upstream_name: &str, node: &Node, path: &str) -> Option
         }
         Some(tls)
     });
-    refuse_tls(
-        cx,
-        &f,
-        "connect to this upstream in plain text",
-        "point the upstream at a plain-HTTP port (in a pod the app is on loopback)",
-    );
     let pool = f
         .opt(cx, "pool", |cx, n, p| {
             let pf = cx.fields(n, p, &["idle_timeout", "max_idle_per_endpoint"]);
@@ -733,20 +745,6 @@ fn route_match(cx: &mut Cx, n: &Node, p: &str) -> Option<RouteMatch> {
     Some(m)
 }
 
-/// A `tls` section is read (so its own mistakes are reported too) but refused: this version
-/// has no TLS, and a setting that is accepted and not enforced would let traffic a user
-/// asked to encrypt go in plain text, silently.
-fn refuse_tls(cx: &mut Cx, f: &Fields<'_>, consequence: &str, instead: &str) {
-    if let Some(node) = f.node("tls") {
-        cx.error(
-            node.pos,
-            &f.child_path("tls"),
-            format!("TLS is not supported by this version of outrigger: it would {consequence}"),
-            format!("remove `tls:`; {instead}"),
-        );
-    }
-}
-
 fn status(cx: &mut Cx, node: &Node, path: &str) -> Option<u16> {
     int_in::<u16>(100, 599, " (an HTTP status)")(cx, node, path)
 }
@@ -767,6 +765,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
             "retry",
             "fallback",
             "fault",
+            "allow",
         ],
     );
     let name_v = f.req(cx, "name", "default", name);
@@ -821,6 +820,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
             allow_header: ff.or(cx, "allow_header", false, boolean),
         })
     });
+    let allow = f.opt(cx, "allow", allow);
     crate::lint::route(cx, &f, timeout, retry.as_ref(), fallback.is_some(), critical);
     Some(Route {
         name: name_v?,
@@ -834,7 +834,39 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
         retry,
         fallback,
         fault,
+        allow,
     })
+}
+
+/// `allow: { identities: [...] }`: each an identity, or a prefix ending in `*`.
+fn allow(cx: &mut Cx, n: &Node, p: &str) -> Option<Allow> {
+    let f = cx.fields(n, p, &["identities"]);
+    let identities: Vec<String> = f.req(
+        cx,
+        "identities",
+        "[spiffe://cluster.local/ns/shop/sa/web]",
+        list_of(non_empty_string),
+    )?;
+    if identities.is_empty() {
+        cx.error(
+            n.pos,
+            p,
+            "`allow.identities` is empty: no caller could use this route",
+            "list the identities that may call it, e.g. `spiffe://cluster.local/ns/shop/sa/web`, or remove `allow`",
+        );
+        return None;
+    }
+    for (i, id) in identities.iter().enumerate() {
+        if id.trim_end_matches('*').contains('*') {
+            cx.error(
+                n.pos,
+                &format!("{p}.identities[{i}]"),
+                format!("`{id}` has a `*` before its end"),
+                "a `*` may only end an identity, as a prefix match: `spiffe://cluster.local/ns/ops/*`",
+            );
+        }
+    }
+    Some(Allow { identities })
 }
 
 fn retry(cx: &mut Cx, n: &Node, p: &str) -> Option<Retry> {

@@ -208,7 +208,7 @@ pub struct Upstream {
 pub struct UpstreamTls {
     /// Name checked against the certificate (default: the endpoint's host).
     pub server_name: Option<String>,
-    /// PEM CA bundle (default: the system's roots).
+    /// PEM CA bundle (default: the bundled Mozilla roots).
     pub ca: Option<PathBuf>,
     /// PEM client certificate for mTLS.
     pub cert: Option<PathBuf>,
@@ -333,6 +333,25 @@ pub struct Route {
     pub fallback: Option<Fallback>,
     /// Fault injection for rehearsals.
     pub fault: Option<Fault>,
+    /// Only these client identities may use the route (mTLS listeners).
+    pub allow: Option<Allow>,
+}
+
+/// Who may use a route: client identities from mTLS certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allow {
+    /// Identities, each exact or a prefix ending in `*`. Never empty.
+    pub identities: Vec<String>,
+}
+
+impl Allow {
+    /// Whether `identity` is one of the allowed (exactly, or by a `*` prefix).
+    pub fn admits(&self, identity: &str) -> bool {
+        self.identities.iter().any(|allowed| match allowed.strip_suffix('*') {
+            Some(prefix) => identity.starts_with(prefix),
+            None => identity == allowed,
+        })
+    }
 }
 
 /// What a route matches. Every condition set must hold.

@@ -72,7 +72,7 @@ fn unknown_fields_get_a_did_you_mean() {
     let p = one(&with_route("    timout: 2s\n"));
     assert_eq!(
         p,
-        "9:5 routes[0]: unknown field `timout` | did you mean `timeout`? (known fields: name, match, upstream, listener, max_body_bytes, critical, timeout, body_idle_timeout, retry, fallback, fault)"
+        "9:5 routes[0]: unknown field `timout` | did you mean `timeout`? (known fields: name, match, upstream, listener, max_body_bytes, critical, timeout, body_idle_timeout, retry, fallback, fault, allow)"
     );
     let p = one(&format!(
         "{BASE_LISTENERS}{BASE_UPSTREAMS}{BASE_ROUTES}telemetri: {{}}\n"
@@ -402,28 +402,58 @@ fn body_idle_timeout_defaults_to_the_route_timeout_and_connect_is_refused() {
     );
 }
 
-/// A setting that is accepted but not enforced would let traffic meant to be encrypted go in
-/// plain text: `tls:` is refused until TLS is built, with its position and a fix.
+/// `tls:` sections are read into the config (outrigger enforces them; their files are
+/// loaded by `check` and `run`); a client certificate needs both halves.
 #[test]
-fn tls_sections_are_refused_not_ignored() {
-    let listener = problems(&format!(
-        "listeners:\n  - name: inbound\n    address: 127.0.0.1:1\n    tls: {{cert: /c.pem, key: /k.pem}}\n{BASE_UPSTREAMS}{BASE_ROUTES}"
-    ));
-    assert_eq!(listener.len(), 1, "{listener:#?}");
-    assert!(
-        listener[0].starts_with("4:10 listeners[0].tls: TLS is not supported by this version of outrigger: it would serve this listener in plain text | remove `tls:`"),
-        "{listener:#?}"
-    );
+fn tls_sections_are_read_and_half_a_client_certificate_is_refused() {
+    let c = from_yaml(
+        &format!(
+            "listeners:\n  - name: inbound\n    address: 127.0.0.1:1\n    tls: {{cert: /c.pem, key: /k.pem, client_ca: /ca.pem}}\n{BASE_UPSTREAMS}{BASE_ROUTES}"
+        ),
+        "t.yaml",
+        &env,
+    )
+    .ok()
+    .unwrap();
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.client_ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
     let upstream = problems(&format!(
-        "{BASE_LISTENERS}upstreams:\n  app:\n    endpoints: [127.0.0.1:8080]\n    tls: {{server_name: app.internal}}\n{BASE_ROUTES}"
+        "{BASE_LISTENERS}upstreams:\n  app:\n    endpoints: [127.0.0.1:8080]\n    tls: {{server_name: app.internal, cert: /c.pem}}\n{BASE_ROUTES}"
     ));
     assert_eq!(upstream.len(), 1, "{upstream:#?}");
+    assert!(upstream[0].contains("needs both `cert` and `key`"), "{upstream:#?}");
+}
+
+/// `allow` lists identities (exact, or a prefix ending in `*`), never none, and only on routes
+/// that no listener without `client_ca` reaches.
+#[test]
+fn allow_needs_identities_and_an_mtls_listener() {
+    let mtls = "listeners:\n  - name: inbound\n    address: 127.0.0.1:1\n    tls: {cert: /c.pem, key: /k.pem, client_ca: /ca.pem}\n  - {name: plain, address: 127.0.0.1:2}\n";
+    let route = |allow: &str, listener: &str| {
+        format!(
+            "{mtls}{BASE_UPSTREAMS}routes:\n  - {{name: r, upstream: app, match: {{path_prefix: /}}{listener}, allow: {allow}}}\n"
+        )
+    };
+    let c = from_yaml(
+        &route(
+            "{identities: [spiffe://a/b, \"spiffe://ops/*\"]}",
+            ", listener: inbound",
+        ),
+        "t.yaml",
+        &env,
+    )
+    .ok()
+    .unwrap();
+    let allow = c.routes[0].allow.as_ref().unwrap();
+    assert!(allow.admits("spiffe://a/b") && allow.admits("spiffe://ops/x"));
+    assert!(!allow.admits("spiffe://a/bc") && !allow.admits("spiffe://op"));
+    let p = one(&route("{identities: []}", ", listener: inbound"));
+    assert!(p.contains("no caller could use this route"), "{p}");
+    let p = one(&route("{identities: [\"spiffe://*/x\"]}", ", listener: inbound"));
+    assert!(p.contains("has a `*` before its end"), "{p}");
+    let p = one(&route("{identities: [spiffe://a/b]}", ""));
     assert!(
-        upstream[0].contains("upstreams.app.tls: TLS is not supported"),
-        "{upstream:#?}"
-    );
-    assert!(
-        upstream[0].contains("connect to this upstream in plain text"),
-        "{upstream:#?}"
+        p.contains("listener `plain` can reach it without asking for a client certificate"),
+        "{p}"
     );
 }

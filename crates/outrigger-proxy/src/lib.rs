@@ -17,6 +17,7 @@ mod runtime;
 mod downstream;
 mod path;
 mod sys;
+mod tls;
 mod upstream;
 
 use std::future::Future;
@@ -31,6 +32,18 @@ use outrigger_config::{Config, Role};
 use outrigger_telemetry::Metrics;
 
 pub use error::{ErrorClass, ErrorKind, ProxyError};
+pub use tls::{TlsError, check as check_tls};
+
+/// Why a proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A certificate, key or CA file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
 
 /// A listener that could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +65,14 @@ pub struct Proxy {
     metrics: Metrics,
     listeners: Vec<(TcpListener, SocketAddr)>,
     admin: (TcpListener, SocketAddr),
+    tls: tls::rotate::Live,
 }
 
 impl Proxy {
-    /// Binds every listener and the admin address. Nothing is served yet.
-    pub async fn bind(config: Config, metrics: Metrics) -> Result<Self, BindError> {
+    /// Loads the TLS files and binds every listener and the admin address. Nothing is
+    /// served yet.
+    pub async fn bind(config: Config, metrics: Metrics) -> Result<Self, StartError> {
+        let tls = tls::rotate::Live::load(&config, &metrics)?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let bound = bind(l.address, format!("listener '{}'", l.name)).await?;
@@ -68,6 +84,7 @@ impl Proxy {
             metrics,
             listeners,
             admin,
+            tls,
         })
     }
 
@@ -95,6 +112,7 @@ impl Proxy {
             metrics,
             listeners,
             admin,
+            mut tls,
         } = self;
         let ready = Arc::new(AtomicBool::new(false));
         let mut span_export = None;
@@ -118,7 +136,7 @@ impl Proxy {
                 Err(e) => tracing::error!(kind = "lifecycle", "Spans will not be exported: {e}."),
             }
         }
-        let shared = Arc::new(runtime::Runtime::new(&config, metrics.clone(), spans));
+        let shared = Arc::new(runtime::Runtime::new(&config, metrics.clone(), spans, &tls));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
 
@@ -138,6 +156,10 @@ impl Proxy {
                     }
                 }));
             }
+        }
+
+        if let Some(watch) = tls.watch(std::time::Duration::from_secs(1)) {
+            refreshers.push(tokio::spawn(watch));
         }
 
         // One summary line per second for each kind of log line that rate limiting dropped.

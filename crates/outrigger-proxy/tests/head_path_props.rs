@@ -100,6 +100,7 @@ proptest! {
                 "x-outrigger-fault", "host", "x-b3", "b3x", "tracestatex", "x-forwarded-for",
                 "x-forwarded-proto", "forwarded", "x-forwarded-host", "accept", "accept-encoding",
                 "content-type", "content-typex", "upgrade", "upgrade-insecure-requests", "hostx",
+                "x-forwarded-client-cert", "x-forwarded-client-certx",
             ]).prop_map(str::to_owned),
             "[a-z][a-z0-9-]{0,20}",
         ], 0..10)
@@ -123,6 +124,7 @@ proptest! {
             accept: h.contains_key("accept"),
             content_type: h.contains_key("content-type"),
             upgrade: h.contains_key("upgrade"),
+            client_cert: h.contains_key("x-forwarded-client-cert"),
         });
     }
 

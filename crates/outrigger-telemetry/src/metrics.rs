@@ -49,6 +49,12 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `outrigger_faults_injected_total{route}`
     pub faults_injected: IntCounterVec,
+    /// `outrigger_tls_handshake_failures_total{listener, reason}`
+    pub tls_handshake_failures: IntCounterVec,
+    /// `outrigger_tls_certificate_expiry_timestamp_seconds{scope, name}`
+    pub tls_certificate_expiry: GaugeVec,
+    /// `outrigger_tls_certificate_reloads_total{scope, name, result}`
+    pub tls_certificate_reloads: IntCounterVec,
     /// `outrigger_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `outrigger_log_lines_suppressed_total{kind}`
@@ -221,6 +227,29 @@ impl Metrics {
                 &["route"],
             )?,
             config_reloads,
+            tls_handshake_failures: counter(
+                &r,
+                "outrigger_tls_handshake_failures_total",
+                "Inbound TLS handshakes that failed, by listener and reason (no_client_cert, unknown_ca, expired, bad_certificate, protocol_version, other).",
+                &["listener", "reason"],
+            )?,
+            tls_certificate_expiry: {
+                let g = GaugeVec::new(
+                    prometheus::Opts::new(
+                        "outrigger_tls_certificate_expiry_timestamp_seconds",
+                        "When a certificate expires (Unix time of not_after): a listener's own; for an upstream, the earlier of outrigger's client certificate and the one the upstream last presented.",
+                    ),
+                    &["scope", "name"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            tls_certificate_reloads: counter(
+                &r,
+                "outrigger_tls_certificate_reloads_total",
+                "Certificate, key and CA files re-read after they changed: success, or rejected (the previous ones keep serving).",
+                &["scope", "name", "result"],
+            )?,
             log_lines_suppressed: counter(
                 &r,
                 "outrigger_log_lines_suppressed_total",

@@ -170,6 +170,13 @@ impl EchoClient {
         })
     }
 
+    /// A client on a channel made elsewhere (over TLS, say).
+    pub fn from_channel(channel: Channel) -> EchoClient {
+        EchoClient {
+            grpc: tonic::client::Grpc::new(channel),
+        }
+    }
+
     async fn ready(&mut self) -> Result<(), Status> {
         self.grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))
     }

@@ -18,6 +18,7 @@ mod grpc;
 pub mod otlp;
 mod paths;
 mod scripted;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,6 +81,14 @@ struct Plan {
 }
 
 impl Plan {
+    fn shared(mode: Mode) -> Arc<Mutex<Plan>> {
+        Arc::new(Mutex::new(Plan {
+            mode,
+            fail_left: 0,
+            fail_mode: Mode::Ok,
+        }))
+    }
+
     /// The mode for the next connection (`raw`) or request: a pending failure of the right
     /// kind first, else the base mode.
     fn next(&mut self, raw: bool) -> Mode {
@@ -118,13 +127,32 @@ impl Upstream {
     /// Starts an upstream on 127.0.0.1, port chosen by the OS.
     pub async fn start(mode: Mode) -> Upstream {
         let (listener, addr) = bind_loopback().await;
-        let mode = Arc::new(Mutex::new(Plan {
-            mode,
-            fail_left: 0,
-            fail_mode: Mode::Ok,
-        }));
-        let seen = Arc::new(Seen::default());
+        let (mode, seen) = (Plan::shared(mode), Arc::new(Seen::default()));
         let task = tokio::spawn(accept(listener, mode.clone(), seen.clone()));
+        Upstream { addr, mode, seen, task }
+    }
+
+    /// Starts an upstream that speaks HTTP (the modes `Ok`, `Delay`, `Status`, `Html500`)
+    /// over TLS with `config`; HTTP/2 when the client offers `h2` by ALPN.
+    pub async fn start_tls(mode: Mode, config: Arc<rustls::ServerConfig>) -> Upstream {
+        let (listener, addr) = bind_loopback().await;
+        let (mode, seen) = (Plan::shared(mode), Arc::new(Seen::default()));
+        let (plan, counts) = (mode.clone(), seen.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counts.connections.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, plan, counts) = (acceptor.clone(), plan.clone(), counts.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve_http(tls, plan, counts).await;
+                    }
+                });
+            }
+        });
         Upstream { addr, mode, seen, task }
     }
 
@@ -333,7 +361,10 @@ async fn garbage(mut stream: TcpStream, seen: &Seen) {
     let _ = stream.shutdown().await;
 }
 
-async fn serve_http(stream: TcpStream, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>) {
+async fn serve_http<S>(stream: S, mode: Arc<Mutex<Plan>>, seen: Arc<Seen>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| {
         let mode = lock(&mode).next(false);
         let seen = seen.clone();

@@ -118,6 +118,11 @@ fn load(path: Option<&PathBuf>) -> Result<outrigger_config::Checked, ConfigError
 fn check(path: &Path, deny_warnings: bool) -> ExitCode {
     match outrigger_config::load_checked(path) {
         Ok(checked) => {
+            // Certificates, keys and CAs are loaded as `run` would load them.
+            if let Err(e) = outrigger_proxy::check_tls(&checked.config) {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
             for w in &checked.warnings {
                 eprintln!("warning: {w}");
             }

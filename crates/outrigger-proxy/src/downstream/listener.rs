@@ -1,5 +1,6 @@
-//! Listeners: accepting connections, speaking HTTP/1.1 and HTTP/2 (h2c prior knowledge) on
-//! the same port, enforcing the listener's limits, and draining on shutdown.
+//! Listeners: accepting connections, terminating TLS where configured, speaking HTTP/1.1 and
+//! HTTP/2 (h2c prior knowledge, or ALPN over TLS) on the same port, enforcing the
+//! listener's limits, and draining on shutdown.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -24,6 +25,8 @@ use outrigger_config::ListenerLimits;
 use crate::path::ConnCtx;
 use crate::runtime::Runtime;
 use crate::sys::net::Socket;
+use crate::tls::PeerIdentity;
+use crate::tls::rotate::LiveServer;
 
 /// The HTTP server settings of one listener: HTTP/1.1 and HTTP/2 (prior knowledge, told
 /// apart by the connection's first bytes) on the same port.
@@ -79,6 +82,13 @@ pub(crate) async fn accept_loop(
     alive: mpsc::Sender<()>,
 ) {
     let builder = Arc::new(HttpServer::new(&limits));
+    let handshakes = shared.listeners[index].tls.as_ref().map(|live| {
+        Arc::new(Handshakes::new(
+            live.clone(),
+            &shared.listeners[index].name,
+            &shared.metrics,
+        ))
+    });
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -94,15 +104,13 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ctx = Arc::new(ConnCtx {
-            listener: index,
-            active: Arc::new(AtomicUsize::new(0)),
-            forwarding: crate::http::headers::Forwarding::new(peer.ip(), "http"),
-            attempt_timer: std::sync::Mutex::new(None),
-        });
         tokio::spawn(serve_connection(
-            stream,
-            ctx,
+            Accepted {
+                stream,
+                peer,
+                listener: index,
+                handshakes: handshakes.clone(),
+            },
             shared.clone(),
             builder.clone(),
             limits.idle_timeout,
@@ -112,29 +120,193 @@ pub(crate) async fn accept_loop(
     }
 }
 
-async fn serve_connection(
+/// A connection just accepted, and what its listener does with it first.
+struct Accepted {
     stream: TcpStream,
-    ctx: Arc<ConnCtx>,
+    peer: SocketAddr,
+    listener: usize,
+    /// The listener's TLS, when it terminates TLS.
+    handshakes: Option<Arc<Handshakes>>,
+}
+
+/// A connection ready for HTTP: its socket, whether it speaks HTTP/1.1 (else HTTP/2), and
+/// the client's identity from its certificate (mTLS).
+struct Opened {
+    io: Socket,
+    http1: bool,
+    identity: Option<PeerIdentity>,
+}
+
+impl Accepted {
+    /// Tells HTTP/1.1 from HTTP/2 (by the first bytes, or by ALPN after the TLS handshake),
+    /// within the header read timeout. `None`: nothing to serve (closed, silent, failed
+    /// handshake).
+    async fn open(self, header_read_timeout: Duration) -> Option<Opened> {
+        let Some(handshakes) = self.handshakes else {
+            // HTTP/1.1 is told from HTTP/2 by peeking, so hyper reads the first request whole
+            // and in one piece. (hyper-util's `auto` detection reads the first bytes itself
+            // and hands them back in a short first read; it also has no time limit while it
+            // waits for them.)
+            let http1 = match tokio::time::timeout(header_read_timeout, sniff(&self.stream)).await {
+                Ok(Ok(Sniffed::Http1)) => true,
+                Ok(Ok(Sniffed::Http2)) => false,
+                // Closed, failed or silent before sending a byte: nothing to answer.
+                Ok(Ok(Sniffed::Closed) | Err(_)) | Err(_) => return None,
+            };
+            return Some(Opened {
+                io: Socket::new(self.stream),
+                http1,
+                identity: None,
+            });
+        };
+        let accept = tokio_rustls::TlsAcceptor::from(handshakes.live.load_full()).accept(self.stream);
+        let tls = match tokio::time::timeout(header_read_timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                handshakes.failed(self.peer, &e);
+                return None;
+            }
+            Err(_) => {
+                let e = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the handshake did not finish within {} (header_read_timeout)",
+                        crate::error::humanize(header_read_timeout)
+                    ),
+                );
+                handshakes.failed(self.peer, &e);
+                return None;
+            }
+        };
+        let session = tls.get_ref().1;
+        let http1 = session.alpn_protocol() != Some(b"h2");
+        let identity = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(PeerIdentity::of);
+        Some(Opened {
+            io: Socket::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
+            http1,
+            identity,
+        })
+    }
+}
+
+/// A TLS listener's handshakes: its live config, the failure counter, and when each client
+/// address was last logged (a failing client is logged once a minute, not per attempt).
+struct Handshakes {
+    live: Arc<LiveServer>,
+    listener: Arc<str>,
+    /// One counter per reason, resolved at start (so each shows as 0 until it happens).
+    failures: Vec<(&'static str, prometheus::IntCounter)>,
+    logged: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, tokio::time::Instant>>,
+}
+
+impl Handshakes {
+    /// How often one client address is logged.
+    const LOG_EVERY: Duration = Duration::from_secs(60);
+    /// Client addresses remembered for that, at most (a scan from many addresses must not
+    /// grow memory).
+    const REMEMBERED: usize = 4096;
+
+    fn new(live: Arc<LiveServer>, listener: &Arc<str>, metrics: &outrigger_telemetry::Metrics) -> Self {
+        let reasons = [
+            "no_client_cert",
+            "unknown_ca",
+            "expired",
+            "bad_certificate",
+            "protocol_version",
+            "other",
+        ];
+        Handshakes {
+            live,
+            listener: listener.clone(),
+            failures: reasons
+                .into_iter()
+                .map(|r| (r, metrics.tls_handshake_failures.with_label_values(&[listener, r])))
+                .collect(),
+            logged: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Counts and (at most once a minute per client address) logs a failed handshake. A
+    /// client that closes before saying anything (a TCP health probe) is not a failure.
+    fn failed(&self, peer: SocketAddr, e: &io::Error) {
+        let reason = crate::tls::inbound_failure(e);
+        if reason == "other"
+            && e.get_ref().is_none()
+            && matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        {
+            tracing::debug!(client = %peer, error = %e, "TLS client closed before completing a handshake");
+            return;
+        }
+        if let Some((_, c)) = self.failures.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+        }
+        let now = tokio::time::Instant::now();
+        let due = {
+            let mut logged = self.logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if logged.len() >= Self::REMEMBERED {
+                logged.retain(|_, at| now.saturating_duration_since(*at) < Self::LOG_EVERY);
+                if logged.len() >= Self::REMEMBERED {
+                    logged.clear();
+                }
+            }
+            match logged.get(&peer.ip()) {
+                Some(at) if now.saturating_duration_since(*at) < Self::LOG_EVERY => false,
+                _ => {
+                    logged.insert(peer.ip(), now);
+                    true
+                }
+            }
+        };
+        if due {
+            tracing::warn!(
+                kind = "tls",
+                listener = %self.listener,
+                client = %peer.ip(),
+                reason,
+                error = %e,
+                "A TLS handshake from {} on listener '{}' failed: {reason} ({e}). Logged once a minute per client address; outrigger_tls_handshake_failures_total counts them all.",
+                peer.ip(),
+                self.listener,
+            );
+        }
+    }
+}
+
+async fn serve_connection(
+    accepted: Accepted,
     shared: Arc<Runtime>,
     builder: Arc<HttpServer>,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
-    // HTTP/1.1 is told from HTTP/2 by peeking, so hyper reads the first request whole and
-    // in one piece. (hyper-util's `auto` detection reads the first bytes itself and hands
-    // them back in a short first read; it also has no time limit while it waits for them.)
-    let first = tokio::select! {
+    let (peer, listener, tls) = (accepted.peer, accepted.listener, accepted.handshakes.is_some());
+    let opened = tokio::select! {
         biased;
         _ = stop.wait_for(|s| *s) => return,
-        r = tokio::time::timeout(builder.header_read_timeout, sniff(&stream)) => r,
+        o = accepted.open(builder.header_read_timeout) => o,
     };
-    let plain_http1 = match first {
-        Ok(Ok(Sniffed::Http1)) => true,
-        Ok(Ok(Sniffed::Http2)) => false,
-        // Closed, failed or silent before sending a byte: nothing to answer.
-        Ok(Ok(Sniffed::Closed) | Err(_)) | Err(_) => return,
+    let Some(Opened {
+        io: socket,
+        http1: plain_http1,
+        identity,
+    }) = opened
+    else {
+        return;
     };
+    let ctx = Arc::new(ConnCtx {
+        listener,
+        active: Arc::new(AtomicUsize::new(0)),
+        forwarding: crate::http::headers::Forwarding::new(peer.ip(), if tls { "https" } else { "http" }),
+        identity,
+        attempt_timer: std::sync::Mutex::new(None),
+    });
     let traffic = Arc::new(Traffic {
         moved: AtomicU64::new(0),
         head_ticks: AtomicU32::new(0),
@@ -142,7 +314,7 @@ async fn serve_connection(
         time_heads: plain_http1,
     });
     let io = TokioIo::new(ActivityIo {
-        inner: Socket::new(stream),
+        inner: socket,
         traffic: traffic.clone(),
     });
     let watch = Watch {
@@ -182,7 +354,18 @@ async fn respond(
 ) -> Result<hyper::Response<crate::respond::ResponseBody>, Infallible> {
     // The request's one arrival reading: its record's start and its new id's timestamp.
     let arrived = tokio::time::Instant::now();
-    let carried = crate::http::headers::carried(req.headers());
+    let mut req = req;
+    let mut carried = crate::http::headers::carried(req.headers());
+    if carried.client_cert {
+        // Only outrigger says who a client is: a client's own claim is gone before routing,
+        // matching or logging can see it (every value, on every listener).
+        while req
+            .headers_mut()
+            .remove(crate::http::headers::X_FORWARDED_CLIENT_CERT)
+            .is_some()
+        {}
+        carried.client_cert = false;
+    }
     let (mut id, version) = (
         crate::http::headers::request_id_of(req.headers(), carried, arrived.into_std()),
         req.version(),

@@ -82,6 +82,7 @@ specs! {
     BAD_REQUEST / BadRequest = "bad_request", Some(400), Some(13), Client, false, "Bad request";
     ROUTE_NOT_FOUND / RouteNotFound = "route_not_found", Some(404), Some(12), Client, false, "No route for this request";
     METHOD_NOT_ALLOWED / MethodNotAllowed = "method_not_allowed", Some(405), Some(12), Client, false, "Method not allowed";
+    FORBIDDEN / Forbidden = "forbidden", Some(403), Some(7), Client, false, "Caller not allowed";
     REQUEST_TIMEOUT / RequestTimeout = "request_timeout", Some(408), Some(4), Client, false, "Request too slow";
     PAYLOAD_TOO_LARGE / PayloadTooLarge = "payload_too_large", Some(413), Some(8), Client, false, "Request body too large";
     HEADER_TOO_LARGE / HeaderTooLarge = "header_too_large", Some(431), Some(8), Client, false, "Request headers too large";
@@ -113,6 +114,11 @@ pub enum ErrorKind {
         /// The methods the matching routes allow, for the `Allow` header.
         allowed: Vec<http::Method>,
     },
+    /// The caller may not use this route (its `allow`), or this admin endpoint.
+    Forbidden {
+        /// The caller's identity from its client certificate (`None`: it presented none).
+        identity: Option<String>,
+    },
     /// The client stopped sending its request body.
     RequestTimeout {
         /// How long it was silent.
@@ -128,10 +134,13 @@ pub enum ErrorKind {
         /// The listener's limit.
         limit: usize,
     },
-    /// Could not connect (refused, DNS, timeout).
+    /// Could not connect (refused, DNS, timeout, TLS handshake).
     UpstreamConnectFailed {
-        /// Why, in a few words ("connection refused", "timed out after 1s").
+        /// Why, in a few words ("connection refused", "timed out after 1s", "the certificate
+        /// of payments.internal expired 3 days ago (not after 2026-12-02)").
         reason: String,
+        /// The TCP connection was made and the TLS handshake failed (attempt stage `tls`).
+        tls: bool,
     },
     /// The connection closed or reset before a full response.
     UpstreamReset,
@@ -193,6 +202,7 @@ impl ErrorKind {
             ErrorKind::BadRequest { .. } => &BAD_REQUEST,
             ErrorKind::RouteNotFound => &ROUTE_NOT_FOUND,
             ErrorKind::MethodNotAllowed { .. } => &METHOD_NOT_ALLOWED,
+            ErrorKind::Forbidden { .. } => &FORBIDDEN,
             ErrorKind::RequestTimeout { .. } => &REQUEST_TIMEOUT,
             ErrorKind::PayloadTooLarge { .. } => &PAYLOAD_TOO_LARGE,
             ErrorKind::HeaderTooLarge { .. } => &HEADER_TOO_LARGE,
@@ -305,6 +315,14 @@ impl ProxyError {
                 let list: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
                 format!("This path only takes {}; nothing was forwarded.", list.join(", "))
             }
+            ErrorKind::Forbidden { identity: Some(id) } => format!(
+                "This caller ({id}) is not allowed on route '{}'; nothing was forwarded.",
+                self.route.as_deref().unwrap_or("this route")
+            ),
+            ErrorKind::Forbidden { identity: None } => format!(
+                "This caller is not allowed on route '{}': it presented no client certificate; nothing was forwarded.",
+                self.route.as_deref().unwrap_or("this route")
+            ),
             ErrorKind::RequestTimeout { idle } => {
                 format!(
                     "The client sent nothing of its request body for {}; the request was abandoned.",
@@ -317,9 +335,16 @@ impl ProxyError {
             ErrorKind::HeaderTooLarge { limit } => {
                 format!("The request line and headers are larger than this listener's limit of {limit} bytes.")
             }
-            ErrorKind::UpstreamConnectFailed { reason } => {
+            ErrorKind::UpstreamConnectFailed { reason, tls: false } => {
                 format!(
                     "Could not connect to the service '{}'{}: {reason}.",
+                    self.upstream_name(),
+                    self.at_endpoint()
+                )
+            }
+            ErrorKind::UpstreamConnectFailed { reason, tls: true } => {
+                format!(
+                    "The TLS handshake with the service '{}'{} failed: {reason}.",
                     self.upstream_name(),
                     self.at_endpoint()
                 )
@@ -419,6 +444,9 @@ pub fn example_kinds() -> Vec<ErrorKind> {
         ErrorKind::MethodNotAllowed {
             allowed: vec![http::Method::GET],
         },
+        ErrorKind::Forbidden {
+            identity: Some("spiffe://cluster.local/ns/shop/sa/web".into()),
+        },
         ErrorKind::RequestTimeout {
             idle: Duration::from_secs(60),
         },
@@ -426,6 +454,7 @@ pub fn example_kinds() -> Vec<ErrorKind> {
         ErrorKind::HeaderTooLarge { limit: 1024 },
         ErrorKind::UpstreamConnectFailed {
             reason: "the connection was refused".into(),
+            tls: false,
         },
         ErrorKind::UpstreamReset,
         ErrorKind::UpstreamProtocolError {
@@ -484,6 +513,7 @@ mod tests {
             ("bad_request", 400, 13, "client", false),
             ("route_not_found", 404, 12, "client", false),
             ("method_not_allowed", 405, 12, "client", false),
+            ("forbidden", 403, 7, "client", false),
             ("request_timeout", 408, 4, "client", false),
             ("payload_too_large", 413, 8, "client", false),
             ("header_too_large", 431, 8, "client", false),

@@ -4,7 +4,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::headers::{
-    FORWARDED, Forwarding, GRPC_TIMEOUT, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID, append_to_list,
+    FORWARDED, Forwarding, GRPC_TIMEOUT, X_FORWARDED_CLIENT_CERT, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
+    append_to_list,
 };
 use super::trace::TraceContext;
 
@@ -29,6 +30,8 @@ pub struct Added {
     pub tracestate: Option<HeaderValue>,
     /// `grpc-timeout`: the time left, per attempt.
     pub grpc_timeout: Option<HeaderValue>,
+    /// `x-forwarded-client-cert`: the client's certificate hash and identity (mTLS).
+    pub client_cert: Option<HeaderValue>,
 }
 
 impl Added {
@@ -72,7 +75,7 @@ impl Added {
     }
 
     /// The fields held as header values, in the order they are written.
-    fn values(&self) -> [(HeaderName, Option<&HeaderValue>); 6] {
+    fn values(&self) -> [(HeaderName, Option<&HeaderValue>); 7] {
         [
             (X_REQUEST_ID, self.request_id.as_ref()),
             (X_FORWARDED_FOR, self.forwarded_for.as_ref()),
@@ -80,6 +83,7 @@ impl Added {
             (FORWARDED, self.forwarded.as_ref()),
             (super::trace::TRACESTATE, self.tracestate.as_ref()),
             (GRPC_TIMEOUT, self.grpc_timeout.as_ref()),
+            (X_FORWARDED_CLIENT_CERT, self.client_cert.as_ref()),
         ]
     }
 

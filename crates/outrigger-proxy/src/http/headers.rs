@@ -15,6 +15,9 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 /// `x-outrigger-fault`: a request's own fault, when its route allows that (`fault`).
 pub const FAULT_HEADER: &str = "x-outrigger-fault";
+/// `x-forwarded-client-cert`: the client's identity, set only by outrigger on mTLS listeners;
+/// a client's own is removed on every listener before anything reads the request.
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// `grpc-timeout`: a gRPC request's deadline.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
@@ -56,6 +59,8 @@ pub struct Carried {
     pub content_type: bool,
     /// `upgrade`.
     pub upgrade: bool,
+    /// `x-forwarded-client-cert` (always removed: only outrigger sets it).
+    pub client_cert: bool,
 }
 
 /// One pass over the request's field names (see [`Carried`]).
@@ -72,6 +77,7 @@ pub fn carried(headers: &HeaderMap) -> Carried {
             "accept" => c.accept = true,
             "content-type" => c.content_type = true,
             "upgrade" => c.upgrade = true,
+            "x-forwarded-client-cert" => c.client_cert = true,
             n if n == "b3" || n.starts_with("x-b3-") => c.b3 = true,
             _ => {}
         }

@@ -266,7 +266,7 @@ fn verdict(tried: &Tried, upstream: &UpstreamRt, per_try: Option<Duration>, took
         }
         Tried::Failed(e) => {
             let detail = match &e.kind {
-                ErrorKind::UpstreamConnectFailed { reason } => Some(reason.clone()),
+                ErrorKind::UpstreamConnectFailed { reason, tls: false } => Some(reason.clone()),
                 ErrorKind::UpstreamProtocolError { what } => Some((*what).to_owned()),
                 _ => None,
             };
@@ -275,10 +275,10 @@ fn verdict(tried: &Tried, upstream: &UpstreamRt, per_try: Option<Duration>, took
                 // A client whose upload broke off says nothing about the upstream.
                 failed: e.class() == ErrorClass::Upstream,
                 why: e.code().to_owned(),
-                outcome: if timeout && per_try.is_none() {
-                    AttemptOutcome::TimedOut
-                } else {
-                    AttemptOutcome::Failed(e.code_id(), detail)
+                outcome: match &e.kind {
+                    ErrorKind::UpstreamTimeout { .. } if per_try.is_none() => AttemptOutcome::TimedOut,
+                    ErrorKind::UpstreamConnectFailed { reason, tls: true } => AttemptOutcome::TlsFailed(reason.clone()),
+                    _ => AttemptOutcome::Failed(e.code_id(), detail),
                 },
                 backoff: None,
                 latency: timeout.then_some(took),

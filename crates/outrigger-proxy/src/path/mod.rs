@@ -53,6 +53,8 @@ pub(crate) struct ConnCtx {
     pub active: Arc<AtomicUsize>,
     /// The forwarding header values for this peer, made once.
     pub forwarding: headers::Forwarding,
+    /// The client's identity from its certificate (mTLS listeners).
+    pub(crate) identity: Option<crate::tls::PeerIdentity>,
     /// The timer of this connection's attempts, kept between them ([`ConnCtx::attempt_timer`]).
     pub(crate) attempt_timer: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
@@ -109,6 +111,10 @@ impl Runtime {
             conn.active.clone(),
             arrived,
         );
+        if let Some(id) = &conn.identity {
+            done.client_identity = Some(id.id.clone());
+        }
+        done.tls = conn.forwarding.proto == "https";
         let grpc = carried.content_type && is_grpc(req.headers());
 
         // --- admission, guard, route ---
@@ -141,7 +147,7 @@ impl Runtime {
     ) -> Result<(&ListenerRt, Arc<RouteRt>, bool), ProxyError> {
         let listener = self.admit(conn, done)?;
         admit::guard(req, listener)?;
-        let (route, absolute_form) = self.route(req, conn.listener, carried, done)?;
+        let (route, absolute_form) = self.route(req, conn.listener, conn.identity.as_ref(), carried, done)?;
         Ok((listener, route, absolute_form))
     }
 }

@@ -73,6 +73,7 @@ impl Forward {
         let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut added = Added::new(target.request_id.clone());
+        added.client_cert = conn.identity.as_ref().map(|id| id.xfcc.clone());
         rewrite(
             &mut parts,
             &mut added,

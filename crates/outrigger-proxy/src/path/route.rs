@@ -14,17 +14,20 @@ use crate::policy::fault;
 use crate::record::Completion;
 use crate::router::{RouteQuery, split_authority};
 use crate::runtime::{RouteRt, Runtime};
+use crate::tls::PeerIdentity;
 
 use super::located;
 
 impl Runtime {
     /// The route that takes the request (404 `route_not_found`, or 405 when only the method
     /// is wrong), and whether the request came in absolute form. The route is noted on the
-    /// record; a body declared larger than the route allows is refused here (413).
+    /// record; a caller its `allow` does not list is refused here (403), and so is a body
+    /// declared larger than the route allows (413).
     pub(super) fn route(
         &self,
         req: &Request<Incoming>,
         listener: usize,
+        identity: Option<&PeerIdentity>,
         carried: headers::Carried,
         done: &mut Completion,
     ) -> Result<(Arc<RouteRt>, bool), ProxyError> {
@@ -56,6 +59,12 @@ impl Runtime {
             return Err(ProxyError::new(kind));
         };
         done.set_route(route.record.clone());
+        if let Some(allow) = &route.allow
+            && !identity.is_some_and(|id| allow.admits(&id.id))
+        {
+            let identity = identity.map(|id| id.id.to_string());
+            return Err(located(ErrorKind::Forbidden { identity }, &route));
+        }
         if let Some(limit) = route.max_body_bytes
             && req.body().size_hint().lower() > limit
         {

@@ -103,11 +103,25 @@ pub(crate) enum Health {
 impl Endpoints {
     /// Endpoints from config: IP endpoints are used as they are; DNS names are resolved by
     /// [`Endpoints::resolve`] (called once before serving and then every `resolve_every`).
-    pub(crate) fn new(cfg: &Upstream, ejections: IntCounter, healthy: IntGauge) -> Self {
+    pub(crate) fn new(
+        cfg: &Upstream,
+        tls: Option<Arc<crate::tls::rotate::LiveClient>>,
+        ejections: IntCounter,
+        healthy: IntGauge,
+    ) -> Self {
         let settings = PoolSettings {
             connect_timeout: cfg.connect_timeout,
             idle_timeout: cfg.pool.idle_timeout,
             max_idle: cfg.pool.max_idle_per_endpoint,
+            // `check` refused a server name that is neither a DNS name nor an address.
+            tls: tls.map(|live| {
+                let forced = cfg
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.server_name.clone())
+                    .and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
+                (live, forced)
+            }),
         };
         let od = &cfg.outlier_detection;
         let outlier = OutlierSettings {
@@ -284,7 +298,7 @@ mod tests {
         let config = outrigger_config::from_yaml(yaml, "t.yaml", &|_| None).expect("valid");
         let ejections = IntCounter::new("e", "e").expect("counter");
         let healthy = IntGauge::new("h", "h").expect("gauge");
-        Endpoints::new(&config.upstreams[0], ejections, healthy)
+        Endpoints::new(&config.upstreams[0], None, ejections, healthy)
     }
 
     fn port(e: &EndpointRt) -> String {

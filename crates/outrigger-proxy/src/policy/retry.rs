@@ -258,7 +258,10 @@ mod tests {
     fn conditions_map_failures_and_statuses_to_reasons() {
         let r = rt(3, vec![RetryOn::Gateway, RetryOn::ConnectFailure], 1.0, 10.0);
         assert_eq!(
-            r.reason_for_failure(&ErrorKind::UpstreamConnectFailed { reason: String::new() }),
+            r.reason_for_failure(&ErrorKind::UpstreamConnectFailed {
+                reason: String::new(),
+                tls: false
+            }),
             Some(Reason::ConnectFailure)
         );
         assert_eq!(

@@ -143,11 +143,13 @@ struct Outcome {
     class: Option<&'static str>,
 }
 
-/// Where in its exchange an attempt failed (DESIGN.md's stages; `dns` and `tls` come with
-/// resolution and TLS errors of their own).
+/// Where in its exchange an attempt failed (DESIGN.md's stages; `dns` comes with
+/// resolution errors of their own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stage {
     Connect,
+    /// The TLS handshake, after the TCP connect.
+    Tls,
     /// Sending the request (the client's body failed on its way).
     WriteRequest,
     /// Waiting for the response head.
@@ -162,6 +164,7 @@ impl Stage {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stage::Connect => "connect",
+            Stage::Tls => "tls",
             Stage::WriteRequest => "write_request",
             Stage::AwaitHeaders => "await_headers",
             Stage::BodyStream => "body_stream",
@@ -175,6 +178,8 @@ pub(crate) enum AttemptOutcome {
     Status(u16),
     /// Failed with this error code, and the transport's reason when there is one.
     Failed(Code, Option<String>),
+    /// The TLS handshake failed (`upstream_connect_failed`, stage `tls`), for this reason.
+    TlsFailed(String),
     /// The route timeout expired while waiting.
     TimedOut,
 }
@@ -184,6 +189,7 @@ impl Attempt {
         match self.outcome {
             AttemptOutcome::Status(_) => "",
             AttemptOutcome::Failed(code, _) => code.as_str(),
+            AttemptOutcome::TlsFailed(_) => Code::UpstreamConnectFailed.as_str(),
             AttemptOutcome::TimedOut => "upstream_timeout",
         }
     }
@@ -205,6 +211,11 @@ impl Attempt {
             AttemptOutcome::Failed(code, Some(ref why)) => {
                 let code = code.as_str();
                 format!("attempt {n} to {ep} ({via}) failed after {took}: {code} ({why})")
+            }
+            AttemptOutcome::TlsFailed(ref why) => {
+                format!(
+                    "attempt {n} to {ep} ({via}) failed after {took}: upstream_connect_failed (TLS handshake: {why})"
+                )
             }
             AttemptOutcome::TimedOut => {
                 format!("attempt {n} to {ep} had no response head after {took} (route timeout)")
@@ -259,8 +270,10 @@ impl Attempt {
     /// Where a failed attempt failed: `connect`, `write_request` (the client's body),
     /// `await_headers`. Timeouts name no stage: the attempt was cut off wherever it was.
     fn stage(&self) -> Option<Stage> {
-        let AttemptOutcome::Failed(code, _) = self.outcome else {
-            return None;
+        let code = match self.outcome {
+            AttemptOutcome::Failed(code, _) => code,
+            AttemptOutcome::TlsFailed(_) => return Some(Stage::Tls),
+            AttemptOutcome::Status(_) | AttemptOutcome::TimedOut => return None,
         };
         match code {
             Code::UpstreamConnectFailed => Some(Stage::Connect),
@@ -270,6 +283,7 @@ impl Attempt {
             Code::UpstreamTimeout
             | Code::RouteNotFound
             | Code::MethodNotAllowed
+            | Code::Forbidden
             | Code::HeaderTooLarge
             | Code::UpstreamError
             | Code::CircuitOpen
@@ -316,6 +330,10 @@ pub(crate) struct Completion {
     pub(crate) fallback: Option<&'static str>,
     /// The listener's in-flight slot, held until the response is done.
     pub(crate) admitted: Option<crate::sys::counter::Slot>,
+    /// The client's identity from its certificate (mTLS listeners).
+    pub(crate) client_identity: Option<Arc<str>>,
+    /// The request came over TLS (`url.scheme` https).
+    pub(crate) tls: bool,
     body_error: Option<String>,
     body_code: Option<Code>,
     client_gone: bool,
@@ -363,6 +381,8 @@ impl Completion {
             head_at: None,
             wants_html: carried.accept && crate::error::wants_html(req.headers().get(http::header::ACCEPT)),
             admitted: None,
+            client_identity: None,
+            tls: false,
             body_error: None,
             body_code: None,
             client_gone: false,
@@ -620,6 +640,9 @@ impl Completion {
         if let Some(r) = &self.route {
             f.members(&r.log_members);
         }
+        if let Some(id) = &self.client_identity {
+            f.str("client_identity", id);
+        }
         if let Some(a) = self
             .attempts
             .last()
@@ -707,7 +730,10 @@ impl Completion {
         attrs.push(Attribute::new("url.path", self.uri.path().to_owned()));
         attrs.push(Attribute::new(
             "url.scheme",
-            self.uri.scheme_str().unwrap_or("http").to_owned(),
+            self.uri
+                .scheme_str()
+                .unwrap_or(if self.tls { "https" } else { "http" })
+                .to_owned(),
         ));
         attrs.push(Attribute::new("network.protocol.name", "http"));
         attrs.push(Attribute::new(
@@ -740,6 +766,9 @@ impl Completion {
         attrs.push(Attribute::new("outrigger.attempts", self.attempts.len() as i64));
         if let Some(fb) = self.fallback {
             attrs.push(Attribute::new("outrigger.fallback", fb));
+        }
+        if let Some(id) = &self.client_identity {
+            attrs.push(Attribute::new("outrigger.client.identity", id.to_string()));
         }
         let failed = code.is_some() && class != Some(ErrorClass::Client.as_str());
         if failed && let Some(c) = self.cause() {

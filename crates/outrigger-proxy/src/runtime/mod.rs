@@ -38,6 +38,8 @@ pub(crate) struct RouteRt {
     pub(crate) retry: RetryRt,
     pub(crate) fallback: Option<FallbackRt>,
     pub(crate) fault: Option<Fault>,
+    /// Only these client identities may use the route.
+    pub(crate) allow: Option<outrigger_config::Allow>,
     pub(crate) fallbacks: IntCounter,
     pub(crate) faults: IntCounter,
 }
@@ -58,6 +60,10 @@ pub(crate) struct ListenerRt {
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// A client body that sends nothing for this long is cut off (408).
     pub(crate) body_idle: Duration,
+    /// The listener's name (logs, the handshake failure metric).
+    pub(crate) name: Arc<str>,
+    /// Its TLS, when it terminates TLS.
+    pub(crate) tls: Option<Arc<crate::tls::rotate::LiveServer>>,
 }
 
 impl ListenerRt {
@@ -93,11 +99,25 @@ pub(crate) struct Runtime {
 impl Runtime {
     /// Compiles a validated config into the runtime form.
     /// `spans`: where finished spans go, when `telemetry.tracing.otlp_endpoint` is set.
-    pub(crate) fn new(config: &Config, metrics: Metrics, spans: Option<outrigger_telemetry::spans::SpanQueue>) -> Self {
+    /// `tls`: the listeners' and upstreams' TLS configs, loaded.
+    pub(crate) fn new(
+        config: &Config,
+        metrics: Metrics,
+        spans: Option<outrigger_telemetry::spans::SpanQueue>,
+        tls: &crate::tls::rotate::Live,
+    ) -> Self {
         let upstreams: Vec<Arc<UpstreamRt>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(UpstreamRt::new(u, &config.telemetry.latency_inflation, &metrics)))
+            .zip(&tls.upstreams)
+            .map(|(u, live)| {
+                Arc::new(UpstreamRt::new(
+                    u,
+                    &config.telemetry.latency_inflation,
+                    &metrics,
+                    live.clone(),
+                ))
+            })
             .collect();
         let routes = config
             .routes
@@ -142,6 +162,7 @@ impl Runtime {
                         body: Bytes::from(f.body.clone()),
                     }),
                     fault: r.fault.clone(),
+                    allow: r.allow.clone(),
                     fallbacks: metrics.fallbacks.with_label_values(&[name]),
                     faults: metrics.faults_injected.with_label_values(&[name]),
                 };
@@ -154,7 +175,10 @@ impl Runtime {
             listeners: config
                 .listeners
                 .iter()
-                .map(|l| ListenerRt {
+                .zip(&tls.listeners)
+                .map(|(l, live)| ListenerRt {
+                    name: l.name.as_str().into(),
+                    tls: live.clone(),
                     role: l.role,
                     max_header_bytes: l.limits.max_header_bytes,
                     max_in_flight: l.limits.max_in_flight,

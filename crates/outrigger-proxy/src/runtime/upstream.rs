@@ -59,12 +59,18 @@ pub(crate) struct AttemptResponse {
 
 impl UpstreamRt {
     /// Builds the runtime form of a configured upstream. No connection is made yet.
-    pub(crate) fn new(cfg: &Upstream, inflation: &LatencyInflation, metrics: &Metrics) -> Self {
+    pub(crate) fn new(
+        cfg: &Upstream,
+        inflation: &LatencyInflation,
+        metrics: &Metrics,
+        tls: Option<Arc<crate::tls::rotate::LiveClient>>,
+    ) -> Self {
         let name = cfg.name.as_str();
         UpstreamRt {
             name: name.into(),
             endpoints: Endpoints::new(
                 cfg,
+                tls,
                 metrics.outlier_ejections.with_label_values(&[name]),
                 metrics.endpoints_healthy.with_label_values(&[name]),
             ),
@@ -263,9 +269,17 @@ impl Default for RaceTracker {
 
 fn classify(e: SendError) -> AttemptFailure {
     let (kind, conn) = match e {
-        SendError::Connect(c) => (ErrorKind::UpstreamConnectFailed { reason: c.reason() }, None),
+        SendError::Connect(c) => (
+            ErrorKind::UpstreamConnectFailed {
+                reason: c.reason(),
+                tls: c.is_tls(),
+            },
+            None,
+        ),
         SendError::Request(e, info) => {
-            let kind = if e.is_parse() || e.is_parse_status() {
+            let kind = if let Some(reason) = crate::tls::refusal_in(&e) {
+                ErrorKind::UpstreamConnectFailed { reason, tls: true }
+            } else if e.is_parse() || e.is_parse_status() {
                 ErrorKind::UpstreamProtocolError {
                     what: "its HTTP/2 response does not parse",
                 }
@@ -280,6 +294,9 @@ fn classify(e: SendError) -> AttemptFailure {
         SendError::Http1(e, info) => {
             let kind = match e {
                 crate::upstream::h1::Error::Protocol(what) => ErrorKind::UpstreamProtocolError { what },
+                crate::upstream::h1::Error::Io(e) if let Some(reason) = crate::tls::refusal_in(&e) => {
+                    ErrorKind::UpstreamConnectFailed { reason, tls: true }
+                }
                 crate::upstream::h1::Error::Io(_) | crate::upstream::h1::Error::Closed(_) => ErrorKind::UpstreamReset,
                 crate::upstream::h1::Error::Body(e) => client_body_failure(e.downcast_ref()),
             };

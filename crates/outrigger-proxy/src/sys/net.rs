@@ -1,4 +1,4 @@
-//! The TCP socket both sides of the proxy read and write through.
+//! The socket both sides of the proxy read and write through: TCP, or TLS over TCP.
 //!
 //! hyper hands a response or request over as several slices (the head, then each body
 //! chunk) and a plain tokio socket turns them into `writev(2)`. For the small messages that
@@ -22,20 +22,34 @@ thread_local! {
     static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A connected TCP stream whose small vectored writes go out as one `send(2)`.
-pub(crate) struct Socket(TcpStream);
+/// A connected stream, plain TCP or TLS over TCP, whose small vectored writes go out as one
+/// write. TLS streams are boxed: rustls keeps about 1 KiB of state per connection, which
+/// plain connections (most of a sidecar's) should not carry room for.
+pub(crate) enum Socket {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
 
 impl Socket {
     pub(crate) fn new(stream: TcpStream) -> Self {
-        Socket(stream)
+        Socket::Plain(stream)
+    }
+
+    /// The TCP stream underneath.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Socket::Plain(s) => s,
+            Socket::Tls(t) => t.get_ref().0,
+        }
     }
 
     /// For a connection at rest: true when the peer has neither closed it nor sent anything,
     /// as far as the event loop has seen. Free (no syscall) when the socket has signalled
-    /// nothing; but bytes that arrived since the event loop last looked are not seen.
+    /// nothing; but bytes that arrived since the event loop last looked are not seen. Over
+    /// TLS any record at rest (a close_notify, a key update) counts as not quiet.
     pub(crate) fn is_quiet(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.0.poll_read_ready(&mut cx) {
+        match self.tcp().poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => self.is_quiet_now(),
@@ -47,33 +61,43 @@ impl Socket {
     pub(crate) fn is_quiet_now(&self) -> bool {
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         matches!(
-            socket2::SockRef::from(&self.0).peek(&mut probe),
+            socket2::SockRef::from(self.tcp()).peek(&mut probe),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock
         )
     }
 }
 
 impl AsyncRead for Socket {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
 impl AsyncWrite for Socket {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, data)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Socket::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, data),
+        }
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let stream = Pin::new(&mut self.0);
+        let mut stream = match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s),
+            // rustls gathers the slices into its records itself.
+            Socket::Tls(t) => return Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        };
         let mut filled = bufs.iter().filter(|b| !b.is_empty());
         match (filled.next(), filled.next()) {
             (None, _) => Poll::Ready(Ok(0)),
-            (Some(only), None) => stream.poll_write(cx, only),
+            (Some(only), None) => stream.as_mut().poll_write(cx, only),
             (Some(_), Some(_)) => {
                 let total: usize = bufs.iter().map(|b| b.len()).sum();
                 if total > GATHER_LIMIT {
@@ -94,12 +118,18 @@ impl AsyncWrite for Socket {
         true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

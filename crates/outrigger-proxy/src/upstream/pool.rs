@@ -29,8 +29,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use rustls_pki_types::ServerName;
+
 use crate::body::{BoxError, RequestBody};
 use crate::sys::net::Socket;
+use crate::tls::rotate::LiveClient;
 use crate::upstream::h1;
 
 /// Pool settings of one upstream.
@@ -42,6 +45,8 @@ pub(crate) struct PoolSettings {
     pub idle_timeout: Duration,
     /// Keep at most this many idle HTTP/1.1 connections.
     pub max_idle: usize,
+    /// Speak TLS: the upstream's live client configs, and the `tls.server_name` override.
+    pub tls: Option<(Arc<LiveClient>, Option<ServerName<'static>>)>,
 }
 
 /// Why a connection could not be made.
@@ -53,6 +58,8 @@ pub(crate) enum ConnectError {
     Io(io::Error),
     /// The HTTP handshake failed (HTTP/2 preface rejected).
     Handshake(hyper::Error),
+    /// The TLS handshake failed, explained ([`crate::tls::upstream_failure`]).
+    Tls(String),
 }
 
 impl ConnectError {
@@ -71,7 +78,13 @@ impl ConnectError {
                 _ => format!("{e}"),
             },
             ConnectError::Handshake(e) => format!("the HTTP/2 handshake failed ({e})"),
+            ConnectError::Tls(why) => why.clone(),
         }
+    }
+
+    /// The TCP connection was made and the TLS handshake failed.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, ConnectError::Tls(_))
     }
 }
 
@@ -99,6 +112,8 @@ pub(crate) struct EndpointPool {
     /// Oldest first, so expired connections are found at the front and the warmest at the back.
     idle: Mutex<VecDeque<IdleConn>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// The name checked against the upstream's certificate (and sent as SNI), over TLS.
+    server_name: Option<ServerName<'static>>,
 }
 
 impl EndpointPool {
@@ -109,6 +124,13 @@ impl EndpointPool {
             Some(n) => format!("{addr} ({n})"),
             None => addr.to_string(),
         };
+        // The configured override, else the endpoint's DNS name, else its address.
+        let server_name = settings.tls.as_ref().map(|(_, forced)| {
+            forced
+                .clone()
+                .or_else(|| name.and_then(|n| ServerName::try_from(n.to_owned()).ok()))
+                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+        });
         EndpointPool {
             addr,
             log_member: outrigger_telemetry::logging::rendered(&[("endpoint", &label)]),
@@ -116,6 +138,7 @@ impl EndpointPool {
             settings,
             idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
+            server_name,
         }
     }
 
@@ -134,14 +157,33 @@ impl EndpointPool {
         &self.log_member
     }
 
-    async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
-        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(self.addr))
+    /// A new connection: TCP, then the TLS handshake when the upstream has `tls`, offering
+    /// `h2` or `http/1.1` by ALPN. Each step has `connect_timeout`.
+    async fn connect(&self, http2: bool) -> Result<Socket, ConnectError> {
+        let timeout = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(self.addr))
             .await
-            .map_err(|_| ConnectError::Timeout(self.settings.connect_timeout))?
+            .map_err(|_| ConnectError::Timeout(timeout))?
             .map_err(ConnectError::Io)?;
         // Small requests must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        let (Some((live, _)), Some(name)) = (&self.settings.tls, &self.server_name) else {
+            return Ok(Socket::new(stream));
+        };
+        let config = if http2 {
+            live.http2.load_full()
+        } else {
+            live.http1.load_full()
+        };
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name.clone(), stream);
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(tls)) => Ok(Socket::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)))),
+            Ok(Err(e)) => Err(ConnectError::Tls(crate::tls::upstream_failure(&e))),
+            Err(_) => Err(ConnectError::Tls(format!(
+                "the TLS handshake did not finish within {}",
+                crate::error::humanize(timeout)
+            ))),
+        }
     }
 
     /// Sends one request over HTTP/1.1 on an idle connection that is still open, or on a
@@ -163,7 +205,7 @@ impl EndpointPool {
             None => (
                 // Boxed: connecting is rare on a warm pool, and unboxed its state would
                 // size every request's future.
-                Box::pin(self.connect_tcp())
+                Box::pin(self.connect(false))
                     .await
                     .map(h1::Conn::new)
                     .map_err(SendError::Connect)?,
@@ -237,7 +279,7 @@ impl EndpointPool {
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<RequestBody>, SendError> {
-        let io = TokioIo::new(Socket::new(self.connect_tcp().await.map_err(SendError::Connect)?));
+        let io = TokioIo::new(self.connect(true).await.map_err(SendError::Connect)?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
@@ -455,6 +497,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(4),
             max_idle,
+            tls: None,
         };
         EndpointPool::new("127.0.0.1:1".parse().expect("addr"), None, settings)
     }
@@ -463,7 +506,10 @@ mod tests {
     async fn conn(listener: &TcpListener) -> (Box<h1::Conn>, TcpStream) {
         let addr = listener.local_addr().expect("addr");
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (h1::Conn::new(ours.expect("connect")), theirs.expect("accept").0)
+        (
+            h1::Conn::new(Socket::new(ours.expect("connect"))),
+            theirs.expect("accept").0,
+        )
     }
 
     fn id(conn: &h1::Conn) -> *const h1::Conn {

@@ -24,7 +24,6 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 mod decode;
 
@@ -95,9 +94,9 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream) -> Box<Self> {
+    pub(crate) fn new(io: Socket) -> Box<Self> {
         Box::new(Conn {
-            io: Socket::new(stream),
+            io,
             buf: BytesMut::with_capacity(READ_BUF),
             room: READ_BUF,
             out: Vec::with_capacity(512),
@@ -584,7 +583,7 @@ mod tests {
     use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
 
     /// A request body fed frame by frame from the test.
@@ -617,7 +616,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (Conn::new(ours.unwrap()), theirs.unwrap().0)
+        (Conn::new(Socket::new(ours.unwrap())), theirs.unwrap().0)
     }
 
     /// Reads exactly `n` bytes as the upstream.

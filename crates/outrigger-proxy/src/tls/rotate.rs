@@ -1,0 +1,269 @@
+//! The TLS configs of a running proxy, and what keeps them current: cert-manager and
+//! Kubernetes Secret volumes replace files in place (a `..data` symlink swap), so every
+//! certificate, key and CA file is looked at once a second, and when one has changed (and
+//! stayed the same for one more look, so a half-written pair is not read) its config is
+//! rebuilt. New handshakes take the new config; open connections keep theirs. A rebuild
+//! that fails keeps the previous config serving, logs the path and the reason, and counts.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::{Gauge, IntCounter};
+use rustls::{ClientConfig, ServerConfig};
+
+use outrigger_config::{Config, ListenerTls, UpstreamTls};
+use outrigger_telemetry::Metrics;
+
+use super::explain::Seen;
+use super::{TlsError, client, server, unix_now};
+
+/// A listener's current server config.
+pub(crate) type LiveServer = ArcSwap<ServerConfig>;
+
+/// An upstream's current client configs, one per ALPN offer.
+#[derive(Debug)]
+pub(crate) struct LiveClient {
+    pub(crate) http1: ArcSwap<ClientConfig>,
+    pub(crate) http2: ArcSwap<ClientConfig>,
+}
+
+/// Every TLS config of a proxy, by listener and upstream index (`None`: plain).
+pub(crate) struct Live {
+    pub(crate) listeners: Vec<Option<Arc<LiveServer>>>,
+    pub(crate) upstreams: Vec<Option<Arc<LiveClient>>>,
+    watched: Vec<Watched>,
+}
+
+/// The expiry gauge of an upstream: the earlier of outrigger's own client certificate and
+/// the one the upstream last presented.
+struct UpstreamExpiry {
+    own: AtomicI64,
+    presented: AtomicI64,
+    gauge: Gauge,
+}
+
+impl UpstreamExpiry {
+    fn update(&self) {
+        let t = self
+            .own
+            .load(Ordering::Relaxed)
+            .min(self.presented.load(Ordering::Relaxed));
+        if t != i64::MAX {
+            self.gauge.set(t as f64);
+        }
+    }
+}
+
+enum What {
+    Listener {
+        tls: ListenerTls,
+        live: Arc<LiveServer>,
+        expiry: Gauge,
+    },
+    Upstream {
+        tls: UpstreamTls,
+        live: Arc<LiveClient>,
+        expiry: Arc<UpstreamExpiry>,
+    },
+}
+
+/// What a file looked like: device, inode, modification time and length (following
+/// symlinks, so a `..data` swap shows as a new inode); `None` when it cannot be read.
+type Stamp = Option<(u64, u64, i64, i64, u64)>;
+
+fn stamp(path: &PathBuf) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+}
+
+struct Watched {
+    scope: &'static str,
+    name: String,
+    files: Vec<PathBuf>,
+    /// The files as they were when the config in use was built.
+    applied: Vec<Stamp>,
+    /// The files at the previous look.
+    last: Vec<Stamp>,
+    what: What,
+    success: IntCounter,
+    rejected: IntCounter,
+}
+
+impl Live {
+    /// Builds every listener's and upstream's TLS config from its files: the first problem
+    /// stops the start.
+    pub(crate) fn load(config: &Config, metrics: &Metrics) -> Result<Live, TlsError> {
+        let now = unix_now();
+        let mut watched = Vec::new();
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let Some(tls) = &l.tls else {
+                listeners.push(None);
+                continue;
+            };
+            let built = server(tls, &format!("listener '{}'", l.name), now)?;
+            let expiry = metrics.tls_certificate_expiry.with_label_values(&["listener", &l.name]);
+            expiry.set(built.not_after as f64);
+            let live = Arc::new(ArcSwap::new(built.config));
+            let files: Vec<PathBuf> = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            watched.push(Watched::new(
+                "listener",
+                &l.name,
+                files,
+                What::Listener {
+                    tls: tls.clone(),
+                    live: live.clone(),
+                    expiry,
+                },
+                metrics,
+            ));
+            listeners.push(Some(live));
+        }
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for u in &config.upstreams {
+            let Some(tls) = &u.tls else {
+                upstreams.push(None);
+                continue;
+            };
+            let expiry = Arc::new(UpstreamExpiry {
+                own: AtomicI64::new(i64::MAX),
+                presented: AtomicI64::new(i64::MAX),
+                gauge: metrics.tls_certificate_expiry.with_label_values(&["upstream", &u.name]),
+            });
+            let built = client(tls, &format!("upstream '{}'", u.name), seen(&expiry))?;
+            expiry.own.store(built.not_after.unwrap_or(i64::MAX), Ordering::Relaxed);
+            expiry.update();
+            let live = Arc::new(LiveClient {
+                http1: ArcSwap::new(built.http1),
+                http2: ArcSwap::new(built.http2),
+            });
+            let files: Vec<PathBuf> = [tls.ca.as_ref(), tls.cert.as_ref(), tls.key.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+            watched.push(Watched::new(
+                "upstream",
+                &u.name,
+                files,
+                What::Upstream {
+                    tls: tls.clone(),
+                    live: live.clone(),
+                    expiry,
+                },
+                metrics,
+            ));
+            upstreams.push(Some(live));
+        }
+        Ok(Live {
+            listeners,
+            upstreams,
+            watched,
+        })
+    }
+
+    /// Looks at the files every `period` and rebuilds what changed, until dropped. Returns
+    /// at once when no TLS is configured.
+    pub(crate) fn watch(&mut self, period: Duration) -> Option<impl Future<Output = ()> + use<>> {
+        let mut watched = std::mem::take(&mut self.watched);
+        if watched.is_empty() {
+            return None;
+        }
+        Some(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for w in &mut watched {
+                    w.look();
+                }
+            }
+        })
+    }
+}
+
+fn seen(expiry: &Arc<UpstreamExpiry>) -> Seen {
+    let expiry = expiry.clone();
+    Seen::new(move |not_after| {
+        if expiry.presented.swap(not_after, Ordering::Relaxed) != not_after {
+            expiry.update();
+        }
+    })
+}
+
+impl Watched {
+    fn new(scope: &'static str, name: &str, files: Vec<PathBuf>, what: What, metrics: &Metrics) -> Self {
+        let applied: Vec<Stamp> = files.iter().map(stamp).collect();
+        Watched {
+            scope,
+            name: name.to_owned(),
+            last: applied.clone(),
+            applied,
+            files,
+            what,
+            success: metrics
+                .tls_certificate_reloads
+                .with_label_values(&[scope, name, "success"]),
+            rejected: metrics
+                .tls_certificate_reloads
+                .with_label_values(&[scope, name, "rejected"]),
+        }
+    }
+
+    /// One look at the files: rebuild when they changed and have stayed so since the last look.
+    fn look(&mut self) {
+        let now: Vec<Stamp> = self.files.iter().map(stamp).collect();
+        let settled = now == self.last;
+        self.last.clone_from(&now);
+        if now == self.applied || !settled {
+            return;
+        }
+        self.applied = now;
+        let scope = format!("{} '{}'", self.scope, self.name);
+        let result = match &self.what {
+            What::Listener { tls, live, expiry } => server(tls, &scope, unix_now()).map(|built| {
+                live.store(built.config);
+                expiry.set(built.not_after as f64);
+            }),
+            What::Upstream { tls, live, expiry } => client(tls, &scope, seen(expiry)).map(|built| {
+                live.http1.store(built.http1);
+                live.http2.store(built.http2);
+                expiry.own.store(built.not_after.unwrap_or(i64::MAX), Ordering::Relaxed);
+                expiry.update();
+            }),
+        };
+        match result {
+            Ok(()) => {
+                self.success.inc();
+                tracing::info!(
+                    kind = "tls",
+                    scope = self.scope,
+                    name = %self.name,
+                    "The TLS files of {scope} changed and were loaded; new connections use them."
+                );
+            }
+            Err(e) => {
+                self.rejected.inc();
+                tracing::error!(
+                    kind = "tls",
+                    scope = self.scope,
+                    name = %self.name,
+                    setting = e.setting,
+                    path = %e.path.display(),
+                    reason = %e.reason,
+                    "The TLS files of {scope} changed but cannot be used ({}: {}); the previous ones keep serving.",
+                    e.path.display(),
+                    e.reason
+                );
+            }
+        }
+    }
+}
