@@ -367,6 +367,9 @@ async fn mtls_refuses_clients_without_a_certificate_or_from_another_ca() {
     assert_eq!(line["listener"], "inbound");
     assert_eq!(line["client"], "127.0.0.1");
     assert_eq!(line["level"], "warn");
+    // Both failures came from 127.0.0.1 within a minute: counted twice, logged once.
+    let logged = proxy.logs().into_iter().filter(|v| v["kind"] == "tls").count();
+    assert_eq!(logged, 1, "{:#?}", proxy.logs());
 }
 
 /// A plain listener never forwards a client's `x-forwarded-client-cert`.
@@ -411,6 +414,21 @@ async fn upstream_tls_with_a_private_ca_is_verified_and_pooled() {
         }
         assert_eq!(up.requests(), 3);
         assert_eq!(up.connections(), 1, "{protocol}: pooled");
+        // The certificate the upstream presented expires in a year: that is its expiry.
+        let expiry = proxy
+            .metric(
+                "outrigger_tls_certificate_expiry_timestamp_seconds",
+                &["scope=\"upstream\"", "name=\"app\""],
+            )
+            .await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (expiry - now - 365.0 * 86400.0).abs() < 2.0 * 86400.0,
+            "expiry {expiry}"
+        );
     }
 }
 

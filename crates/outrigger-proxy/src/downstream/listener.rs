@@ -24,7 +24,7 @@ use outrigger_config::ListenerLimits;
 
 use crate::path::ConnCtx;
 use crate::runtime::Runtime;
-use crate::sys::net::Socket;
+use crate::sys::net::{Socket, Tcp};
 use crate::tls::PeerIdentity;
 use crate::tls::rotate::LiveServer;
 
@@ -159,7 +159,7 @@ impl Accepted {
                 identity: None,
             });
         };
-        let accept = tokio_rustls::TlsAcceptor::from(handshakes.live.load_full()).accept(self.stream);
+        let accept = tokio_rustls::TlsAcceptor::from(handshakes.live.load_full()).accept(Tcp::new(self.stream));
         let tls = match tokio::time::timeout(header_read_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -350,11 +350,10 @@ async fn serve_connection(
 async fn respond(
     shared: Arc<Runtime>,
     ctx: Arc<ConnCtx>,
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<crate::respond::ResponseBody>, Infallible> {
     // The request's one arrival reading: its record's start and its new id's timestamp.
     let arrived = tokio::time::Instant::now();
-    let mut req = req;
     let mut carried = crate::http::headers::carried(req.headers());
     if carried.client_cert {
         // Only outrigger says who a client is: a client's own claim is gone before routing,

@@ -22,24 +22,35 @@ thread_local! {
     static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A connected stream, plain TCP or TLS over TCP, whose small vectored writes go out as one
-/// write. TLS streams are boxed: rustls keeps about 1 KiB of state per connection, which
-/// plain connections (most of a sidecar's) should not carry room for.
+/// A connected stream, plain TCP or TLS over TCP. TLS streams are boxed: rustls keeps about
+/// 1 KiB of state per connection, which plain connections (most of a sidecar's) should not
+/// carry room for.
 pub(crate) enum Socket {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Plain(Tcp),
+    Tls(Box<tokio_rustls::TlsStream<Tcp>>),
+}
+
+/// A TCP stream whose small vectored writes go out as one `send(2)`. TLS runs over it too:
+/// rustls hands its records over as a vectored write, one slice per record, and a single
+/// slice goes out as `send` rather than a one-element `writev`.
+pub(crate) struct Tcp(TcpStream);
+
+impl Tcp {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        Tcp(stream)
+    }
 }
 
 impl Socket {
     pub(crate) fn new(stream: TcpStream) -> Self {
-        Socket::Plain(stream)
+        Socket::Plain(Tcp(stream))
     }
 
     /// The TCP stream underneath.
     fn tcp(&self) -> &TcpStream {
         match self {
-            Socket::Plain(s) => s,
-            Socket::Tls(t) => t.get_ref().0,
+            Socket::Plain(s) => &s.0,
+            Socket::Tls(t) => &t.get_ref().0.0,
         }
     }
 
@@ -68,32 +79,77 @@ impl Socket {
 }
 
 impl AsyncRead for Socket {
+    #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Plain(s) => Pin::new(&mut s.0).poll_read(cx, buf),
             Socket::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for Socket {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Socket::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Socket::Plain(s) => Pin::new(&mut s.0).poll_write(cx, data),
             Socket::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, data),
         }
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut stream = match self.get_mut() {
-            Socket::Plain(s) => Pin::new(s),
-            // rustls gathers the slices into its records itself.
-            Socket::Tls(t) => return Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
-        };
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            // rustls puts the slices into its records itself.
+            Socket::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(&mut s.0).poll_flush(cx),
+            Socket::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(&mut s.0).poll_shutdown(cx),
+            Socket::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for Tcp {
+    #[inline]
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tcp {
+    #[inline]
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut stream = Pin::new(&mut self.0);
         let mut filled = bufs.iter().filter(|b| !b.is_empty());
         match (filled.next(), filled.next()) {
             (None, _) => Poll::Ready(Ok(0)),
@@ -118,18 +174,14 @@ impl AsyncWrite for Socket {
         true
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
-            Socket::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
-        }
+    #[inline]
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
-        }
+    #[inline]
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use rustls_pki_types::ServerName;
 
 use crate::body::{BoxError, RequestBody};
-use crate::sys::net::Socket;
+use crate::sys::net::{Socket, Tcp};
 use crate::tls::rotate::LiveClient;
 use crate::upstream::h1;
 
@@ -175,7 +175,7 @@ impl EndpointPool {
         } else {
             live.http1.load_full()
         };
-        let handshake = tokio_rustls::TlsConnector::from(config).connect(name.clone(), stream);
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name.clone(), Tcp::new(stream));
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => Ok(Socket::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)))),
             Ok(Err(e)) => Err(ConnectError::Tls(crate::tls::upstream_failure(&e))),
