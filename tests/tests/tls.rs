@@ -631,3 +631,48 @@ fn check_refuses_unusable_tls_material() {
     assert!(err.contains("without asking for a client certificate"), "{err}");
     assert!(err.contains("`inbound`") && err.contains("`outbound`"), "{err}");
 }
+
+/// The server span of a request over mTLS says who called (`outrigger.client.identity`) and
+/// that it came over https (`url.scheme`).
+#[tokio::test]
+async fn the_server_span_carries_the_client_identity() {
+    let otlp = outrigger_testkit::OtlpReceiver::start().await;
+    let up = Upstream::start(Mode::Ok).await;
+    let pki = Pki::new("span");
+    let cert = pki.issue("proxy", &["localhost"]);
+    let web = pki.issue("web", &[WEB]);
+    let yaml = format!(
+        "{}telemetry:\n  tracing:\n    otlp_endpoint: {}\n    otlp_protocol: grpc\n",
+        tls_config(
+            &[up.addr()],
+            &format!("{}, client_ca: {}", server_tls(&cert), pki.ca.display()),
+            DEFAULT_ROUTE,
+        ),
+        otlp.grpc_endpoint()
+    );
+    let proxy = Outrigger::start_with(&yaml, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = get_req("/echo");
+    req.headers_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let reply = tls_request(proxy.inbound(), pki.client_config(&[b"h2"], Some(&web)), req)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let spans = otlp
+        .wait_until(PATIENCE, |s| {
+            s.iter()
+                .any(|s| s.trace_id == trace && s.kind == outrigger_testkit::otlp::KIND_SERVER)
+        })
+        .await;
+    let server = spans
+        .iter()
+        .find(|s| s.trace_id == trace && s.kind == outrigger_testkit::otlp::KIND_SERVER)
+        .unwrap();
+    assert_eq!(server.attr("outrigger.client.identity"), Some(WEB));
+    assert_eq!(server.attr("url.scheme"), Some("https"));
+}
