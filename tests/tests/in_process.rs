@@ -187,3 +187,32 @@ fn a_built_config_is_validated_like_a_file() {
         .to_string();
     assert!(err.contains("upstream `nowhere` is not defined"), "{err}");
 }
+
+/// Two identical endpoints behind one upstream both get sequential traffic end to end (a
+/// balancer that never tried the second gave it none). The even split is the unit test's,
+/// on controlled latencies (`policy::balance`): here, on a loaded machine, one scheduling
+/// hiccup of a few milliseconds makes an endpoint look slower for a while, as it should.
+#[tokio::test]
+async fn two_equal_endpoints_both_get_sequential_traffic() {
+    let (a, b) = (Upstream::start(Mode::Ok).await, Upstream::start(Mode::Ok).await);
+    let config = ConfigBuilder::new()
+        .upstream("app", &[a.addr(), b.addr()])
+        .route("default", "/", "app")
+        .build()
+        .unwrap();
+    let proxy = InProcess::start(config).await;
+    let client = http1_client();
+    for _ in 0..400 {
+        let req = http::Request::get(proxy.url("/")).body(Default::default()).unwrap();
+        assert_eq!(send(&client, req).await.status, 200);
+    }
+    for (name, up) in [("a", &a), ("b", &b)] {
+        assert!(
+            up.requests() >= 8,
+            "{name} got {} of 400 (a {}, b {})",
+            up.requests(),
+            a.requests(),
+            b.requests()
+        );
+    }
+}

@@ -58,9 +58,10 @@ pub(crate) fn config(cx: &mut Cx, root: &Node) -> Config {
 
     let admin = f
         .opt(cx, "admin", |cx, n, p| {
-            let a = cx.fields(n, p, &["address"]);
+            let a = cx.fields(n, p, &["address", "debug_from"]);
             Some(Admin {
                 address: a.or(cx, "address", Admin::default().address, socket_addr),
+                debug_from: a.or(cx, "debug_from", Admin::loopback(), list_of(cidr)),
             })
         })
         .unwrap_or_default();
@@ -277,6 +278,25 @@ fn name(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
         );
         None
     }
+}
+
+/// `10.0.0.0/8`, `fd00::/8`, or one address (`10.1.2.3` = `/32`).
+fn cidr(cx: &mut Cx, node: &Node, path: &str) -> Option<ipnet::IpNet> {
+    let s = string(cx, node, path)?;
+    let s = s.trim();
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Some(net.trunc());
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Some(ipnet::IpNet::from(ip));
+    }
+    cx.error(
+        node.pos,
+        path,
+        format!("`{s}` is not an address range"),
+        "write a CIDR such as `10.0.0.0/8` or `fd00::/8`, or one address",
+    );
+    None
 }
 
 fn path_buf(cx: &mut Cx, node: &Node, path: &str) -> Option<PathBuf> {

@@ -127,14 +127,34 @@ impl Default for Drain {
 /// The admin listener.
 #[derive(Clone, Debug)]
 pub struct Admin {
-    /// `IP:port` of `/metrics`, `/healthz`, `/readyz`; `/debug/*` answers loopback clients only.
+    /// `IP:port` of `/metrics`, `/healthz`, `/readyz`, `/debug/*` and `/shutdown`.
     pub address: SocketAddr,
+    /// Sources that may use `/debug/*` and `POST /shutdown` (default: loopback only).
+    pub debug_from: Vec<ipnet::IpNet>,
+}
+
+impl Admin {
+    /// Loopback: `127.0.0.0/8` and `::1/128`.
+    pub fn loopback() -> Vec<ipnet::IpNet> {
+        vec![
+            ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8)),
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128)),
+        ]
+    }
+
+    /// Whether `peer` may use `/debug/*` and `POST /shutdown` (an IPv4 address carried in
+    /// IPv6 is checked as IPv4).
+    pub fn may_debug(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.debug_from.iter().any(|net| net.contains(&peer))
+    }
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             address: SocketAddr::from(([0, 0, 0, 0], 15090)),
+            debug_from: Admin::loopback(),
         }
     }
 }

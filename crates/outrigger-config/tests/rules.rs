@@ -457,3 +457,40 @@ fn allow_needs_identities_and_an_mtls_listener() {
         "{p}"
     );
 }
+
+/// `admin.debug_from` takes CIDRs or single addresses; anything else is refused with its
+/// position. Without it, loopback only.
+#[test]
+fn debug_from_takes_address_ranges() {
+    let c = from_yaml(
+        &format!("{BASE_LISTENERS}{BASE_UPSTREAMS}{BASE_ROUTES}admin: {{debug_from: [10.0.0.0/8, 192.168.1.7, \"fd00::/8\"]}}\n"),
+        "t.yaml",
+        &env,
+    )
+    .ok()
+    .unwrap();
+    assert!(c.admin.may_debug("10.2.3.4".parse().unwrap()));
+    assert!(c.admin.may_debug("192.168.1.7".parse().unwrap()));
+    assert!(c.admin.may_debug("fd00::1".parse().unwrap()));
+    assert!(c.admin.may_debug("::ffff:10.9.9.9".parse().unwrap()), "IPv4 in IPv6");
+    assert!(
+        !c.admin.may_debug("127.0.0.1".parse().unwrap()),
+        "the list replaces the default"
+    );
+    let c = from_yaml(
+        &format!("{BASE_LISTENERS}{BASE_UPSTREAMS}{BASE_ROUTES}"),
+        "t.yaml",
+        &env,
+    )
+    .ok()
+    .unwrap();
+    assert!(c.admin.may_debug("127.0.0.1".parse().unwrap()) && c.admin.may_debug("::1".parse().unwrap()));
+    assert!(!c.admin.may_debug("10.0.0.1".parse().unwrap()));
+    let p = one(&format!(
+        "{BASE_LISTENERS}{BASE_UPSTREAMS}{BASE_ROUTES}admin: {{debug_from: [10.0.0.0/33]}}\n"
+    ));
+    assert!(
+        p.contains("admin.debug_from[0]") && p.contains("is not an address range"),
+        "{p}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/healthz` (the process serves), `/readyz` (listeners
-//! bound, config loaded, not draining), `/debug/log_level` (read or change the log level).
-//! `/debug/*` answers loopback clients only.
+//! bound, config loaded, not draining), `/debug/log_level` (read or change the log level),
+//! `POST /shutdown` (drain and exit, for a Job's pod). `/debug/*` and `/shutdown` answer the
+//! sources in `admin.debug_from` only (default: loopback); others get 403 `forbidden`.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -26,6 +27,12 @@ pub(crate) struct AdminState {
     pub(crate) ready: Arc<AtomicBool>,
     /// Bumped by every log-level change, so a timed revert only undoes its own change.
     pub(crate) level_changes: AtomicU64,
+    /// Who may use `/debug/*` and `/shutdown`.
+    pub(crate) access: outrigger_config::Admin,
+    /// `POST /shutdown` starts the drain through this.
+    pub(crate) shutdown: Arc<tokio::sync::Notify>,
+    /// The problem `type` prefix (`errors.type_base`).
+    pub(crate) type_base: Arc<str>,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -52,11 +59,25 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut sto
 
 fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if path.starts_with("/debug/") && !peer.is_loopback() {
-        return text(StatusCode::FORBIDDEN, "/debug/* answers loopback clients only\n");
+    let guarded = path.starts_with("/debug/") || path == "/shutdown";
+    if guarded && !state.access.may_debug(peer) {
+        return forbidden(state, req, peer);
     }
     if path == "/debug/log_level" {
         return log_level(state, req, peer);
+    }
+    if path == "/shutdown" {
+        if req.method() != Method::POST {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST /shutdown to drain and exit\n");
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            return r;
+        }
+        tracing::warn!(kind = "lifecycle", client = %peer, "POST /shutdown from {peer}: draining, then exiting.");
+        // Readiness goes off before the answer, so whoever asked sees it off at once.
+        state.ready.store(false, Ordering::Release);
+        state.shutdown.notify_one();
+        return json(StatusCode::ACCEPTED, &serde_json::json!({ "status": "draining" }));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
@@ -152,6 +173,22 @@ fn log_level(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> 
         body["reverts_after_s"] = d.as_secs_f64().into();
     }
     json(StatusCode::OK, &body)
+}
+
+/// 403 `forbidden` as problem+json, like every error outrigger makes.
+fn forbidden(state: &AdminState, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
+    let err = crate::error::ProxyError::new(crate::error::ErrorKind::AdminForbidden { source: peer });
+    let id = crate::http::headers::request_id(req.headers());
+    let cx = crate::error::RenderContext {
+        request_id: id.to_str().unwrap_or(""),
+        path: req.uri().path(),
+        grpc: false,
+        head: req.method() == Method::HEAD,
+        html: false,
+        trace_id: None,
+        type_base: &state.type_base,
+    };
+    crate::error::render(&err, &cx).map(Full::new)
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {

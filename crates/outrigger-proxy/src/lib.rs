@@ -173,16 +173,20 @@ impl Proxy {
             }
         }));
 
+        let admin_shutdown = Arc::new(tokio::sync::Notify::new());
         let admin_task = tokio::spawn(admin::serve(
             admin.0,
             Arc::new(admin::AdminState {
                 metrics,
                 ready: ready.clone(),
                 level_changes: std::sync::atomic::AtomicU64::new(0),
+                access: config.admin.clone(),
+                shutdown: admin_shutdown.clone(),
+                type_base: config.errors.type_base.as_str().into(),
             }),
             stop_rx.clone(),
         ));
-        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level.", admin.1);
+        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level /shutdown.", admin.1);
         for (i, ((listener, addr), cfg)) in listeners.into_iter().zip(&config.listeners).enumerate() {
             tracing::info!(
                 kind = "lifecycle",
@@ -211,7 +215,11 @@ impl Proxy {
             "outrigger is ready."
         );
 
-        shutdown.await;
+        // A signal, or `POST /shutdown` on the admin port.
+        tokio::select! {
+            () = shutdown => {}
+            () = admin_shutdown.notified() => {}
+        }
         ready.store(false, Ordering::Release);
         let has_inbound = config.listeners.iter().any(|l| l.role == Role::Inbound);
         tracing::info!(

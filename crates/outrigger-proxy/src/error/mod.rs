@@ -119,6 +119,11 @@ pub enum ErrorKind {
         /// The caller's identity from its client certificate (`None`: it presented none).
         identity: Option<String>,
     },
+    /// A source outside `admin.debug_from` asked for `/debug/*` or `/shutdown`.
+    AdminForbidden {
+        /// The client's address.
+        source: std::net::IpAddr,
+    },
     /// The client stopped sending its request body.
     RequestTimeout {
         /// How long it was silent.
@@ -202,7 +207,7 @@ impl ErrorKind {
             ErrorKind::BadRequest { .. } => &BAD_REQUEST,
             ErrorKind::RouteNotFound => &ROUTE_NOT_FOUND,
             ErrorKind::MethodNotAllowed { .. } => &METHOD_NOT_ALLOWED,
-            ErrorKind::Forbidden { .. } => &FORBIDDEN,
+            ErrorKind::Forbidden { .. } | ErrorKind::AdminForbidden { .. } => &FORBIDDEN,
             ErrorKind::RequestTimeout { .. } => &REQUEST_TIMEOUT,
             ErrorKind::PayloadTooLarge { .. } => &PAYLOAD_TOO_LARGE,
             ErrorKind::HeaderTooLarge { .. } => &HEADER_TOO_LARGE,
@@ -322,6 +327,9 @@ impl ProxyError {
             ErrorKind::Forbidden { identity: None } => format!(
                 "This caller is not allowed on route '{}': it presented no client certificate; nothing was forwarded.",
                 self.route.as_deref().unwrap_or("this route")
+            ),
+            ErrorKind::AdminForbidden { source } => format!(
+                "The admin's /debug/* and /shutdown answer only the sources in admin.debug_from (default: loopback); {source} is not one of them."
             ),
             ErrorKind::RequestTimeout { idle } => {
                 format!(

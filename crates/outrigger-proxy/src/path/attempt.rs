@@ -65,6 +65,8 @@ struct Retrying {
     fresh_only: bool,
     /// The keep-alive race was retried already (once per request, outside the budget).
     race_retried: bool,
+    /// The endpoint the previous attempt failed on: a retry goes elsewhere when it can.
+    failed_on: Option<Arc<EndpointRt>>,
 }
 
 /// What comes after an attempt.
@@ -112,7 +114,11 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
             Err(kind) => return Tried::Failed(located(kind, &route)),
         };
         // --- balance ---
-        let Some(endpoint) = upstream.endpoints.pick(started, |n| fastrand::usize(..n)) else {
+        let avoid = retrying.failed_on.take();
+        let Some(endpoint) = upstream
+            .endpoints
+            .pick(started, |n| fastrand::usize(..n), avoid.as_ref())
+        else {
             let known = upstream.endpoints.len();
             return Tried::Failed(located(ErrorKind::NoHealthyEndpoints { known }, &route));
         };
@@ -175,6 +181,12 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
         };
 
         settle(upstream, &endpoint, permit, &tried, conn_info, &this, done);
+        // A retry after an upstream's failure (or its 5xx) tries another endpoint first.
+        retrying.failed_on = match &tried {
+            Tried::Failed(_) => Some(endpoint.clone()),
+            Tried::Answered(a) if a.response.status().is_server_error() => Some(endpoint.clone()),
+            Tried::Answered(_) => None,
+        };
 
         // --- retry decision ---
         match decide(fwd, done, &tried, conn_info, &mut retrying) {
@@ -324,6 +336,8 @@ fn decide(
         route.upstream.keepalive_race(c.idle_for);
         retrying.race_retried = true;
         retrying.fresh_only = true;
+        // The endpoint is not at fault: its idle connection was.
+        retrying.failed_on = None;
         route.retry.count(Reason::KeepAliveRace);
         done.decided(NextStep::retry(Reason::KeepAliveRace, Duration::ZERO, None));
         return Next::Now;

@@ -38,6 +38,8 @@ pub(crate) struct EndpointRt {
 
 struct Stats {
     ewma: PeakEwma,
+    /// It has answered at least once: until then its estimate is a placeholder.
+    sampled: bool,
     outlier: Outlier,
     backoff_until: Option<Instant>,
 }
@@ -49,15 +51,21 @@ impl EndpointRt {
             in_flight: AtomicU32::new(0),
             stats: Mutex::new(Stats {
                 ewma: PeakEwma::new(DEFAULT_RTT, EWMA_DECAY, Instant::now().into_std()),
+                sampled: false,
                 outlier: Outlier::default(),
                 backoff_until: None,
             }),
         }
     }
 
-    fn cost(&self) -> f64 {
-        let rtt = lock(&self.stats).ewma.get().as_secs_f64();
-        rtt * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+    /// The latency estimate, when the endpoint has answered at least once.
+    fn rtt(&self) -> Option<f64> {
+        let s = lock(&self.stats);
+        s.sampled.then(|| s.ewma.get().as_secs_f64())
+    }
+
+    fn load(&self) -> f64 {
+        f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
     }
 
     fn usable(&self, now: Instant, allow_backoff: bool) -> bool {
@@ -70,6 +78,27 @@ impl EndpointRt {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
+}
+
+/// Whether `b` should be picked over `a`, at random with a chance in inverse proportion to
+/// its cost (latency estimate times requests in flight plus one): equal endpoints share the
+/// traffic, one five times slower gets a sixth of the pairs it is in, and none is starved by
+/// a passing spike. An endpoint that has not answered yet is costed at the other's estimate,
+/// so it is tried and then judged on its own figures (a fixed placeholder would be slower
+/// than any loopback peer and never be tried).
+fn cheaper(b: &EndpointRt, a: &EndpointRt, draw: &mut impl FnMut(usize) -> usize) -> bool {
+    let (rtt_a, rtt_b) = match (a.rtt(), b.rtt()) {
+        (Some(x), Some(y)) => (x, y),
+        (Some(x), None) => (x, x),
+        (None, Some(y)) => (y, y),
+        (None, None) => (1.0, 1.0),
+    };
+    let (cost_a, cost_b) = (rtt_a * a.load(), rtt_b * b.load());
+    let chance_b = cost_a / (cost_a + cost_b);
+    if !chance_b.is_finite() {
+        return false;
+    }
+    (draw(1_000_000) as f64) < chance_b * 1_000_000.0
 }
 
 /// One request in flight to an endpoint.
@@ -203,30 +232,39 @@ impl Endpoints {
         self.healthy.set(n as i64);
     }
 
-    /// Picks an endpoint: two random candidates among the usable ones, the cheaper wins.
-    /// Endpoints backing off (429) are used only when nothing else is left. `draw(n)` gives
-    /// a uniform index below `n` (the caller's random source, so a test can fix it).
-    pub(crate) fn pick(&self, now: Instant, mut draw: impl FnMut(usize) -> usize) -> Option<Arc<EndpointRt>> {
+    /// Picks an endpoint: two random candidates among the usable ones, weighed by cost.
+    /// Endpoints backing off (429) are used only when nothing else is left, and `avoid` (the
+    /// endpoint a retry's previous attempt failed on) only when it is the only one left.
+    /// `draw(n)` gives a uniform index below `n` (the caller's random source, so a test can
+    /// fix it).
+    pub(crate) fn pick(
+        &self,
+        now: Instant,
+        mut draw: impl FnMut(usize) -> usize,
+        avoid: Option<&Arc<EndpointRt>>,
+    ) -> Option<Arc<EndpointRt>> {
         let all = self.current.load();
-        let mut usable = |allow_backoff: bool| -> Option<Arc<EndpointRt>> {
+        let mut usable = |allow_backoff: bool, allow_avoided: bool| -> Option<Arc<EndpointRt>> {
             let n = all.len();
             if n == 0 {
                 return None;
             }
+            let ok = |i: usize| {
+                (allow_avoided || avoid.is_none_or(|x| !Arc::ptr_eq(x, &all[i]))) && all[i].usable(now, allow_backoff)
+            };
             let first = draw(n) % n;
-            let a = (0..n)
-                .map(|k| (first + k) % n)
-                .find(|&i| all[i].usable(now, allow_backoff))?;
+            let a = (0..n).map(|k| (first + k) % n).find(|&i| ok(i))?;
             let second = draw(n) % n;
-            let b = (0..n)
-                .map(|k| (second + k) % n)
-                .find(|&i| i != a && all[i].usable(now, allow_backoff));
+            let b = (0..n).map(|k| (second + k) % n).find(|&i| i != a && ok(i));
             Some(match b {
-                Some(b) if all[b].cost() < all[a].cost() => all[b].clone(),
+                Some(b) if cheaper(&all[b], &all[a], &mut draw) => all[b].clone(),
                 _ => all[a].clone(),
             })
         };
-        usable(false).or_else(|| usable(true))
+        usable(false, false)
+            .or_else(|| usable(false, true))
+            .or_else(|| usable(true, false))
+            .or_else(|| usable(true, true))
     }
 
     /// Records an attempt's result for balancing and outlier detection. `latency` is what
@@ -242,6 +280,11 @@ impl Endpoints {
     ) -> Health {
         let mut s = lock(&ep.stats);
         if let Some(l) = latency {
+            if !s.sampled {
+                // The placeholder must not weigh on the first real figure.
+                s.ewma = PeakEwma::new(l, EWMA_DECAY, now.into_std());
+                s.sampled = true;
+            }
             s.ewma.observe(l, now.into_std());
         }
         if let Some(b) = backoff {
@@ -316,11 +359,12 @@ mod tests {
             eps.record(now, &all[1], false, Some(Duration::from_millis(400)), None);
             eps.record(now, &all[2], false, Some(Duration::from_millis(2)), None);
         }
-        let mut draws = [1, 2].into_iter();
-        let picked = eps.pick(now, |_| draws.next().unwrap_or(0)).expect("an endpoint");
+        // The third draw decides between the two, by their costs: the middle of its range.
+        let mut draws = [1, 2, 500_000].into_iter();
+        let picked = eps.pick(now, |_| draws.next().unwrap_or(0), None).expect("an endpoint");
         assert_eq!(port(&picked), "3");
-        let mut draws = [2, 1].into_iter();
-        let picked = eps.pick(now, |_| draws.next().unwrap_or(0)).expect("an endpoint");
+        let mut draws = [2, 1, 500_000].into_iter();
+        let picked = eps.pick(now, |_| draws.next().unwrap_or(0), None).expect("an endpoint");
         assert_eq!(port(&picked), "3", "whichever comes first");
     }
 
@@ -336,12 +380,81 @@ mod tests {
             Health::Ejected(p) if p == Duration::from_secs(10)
         ));
         for first in 0..3 {
-            let picked = eps.pick(now, |_| first).expect("an endpoint");
+            let picked = eps.pick(now, |_| first, None).expect("an endpoint");
             assert_ne!(port(&picked), "1", "the ejected endpoint is skipped");
         }
         tokio::time::advance(Duration::from_secs(11)).await;
         let later = Instant::now();
-        let picked = eps.pick(later, |_| 0).expect("an endpoint");
+        let picked = eps
+            .pick(later, |n| if n == 3 { 0 } else { n - 1 }, None)
+            .expect("an endpoint");
         assert_eq!(port(&picked), "1", "back after its period");
+    }
+
+    fn endpoints(list: &str) -> Endpoints {
+        let yaml = format!(
+            "listeners: [{{name: in, address: 127.0.0.1:0}}]\n\
+             upstreams:\n  app:\n    endpoints: [{list}]\n\
+             routes: [{{name: r, match: {{path_prefix: /}}, upstream: app}}]\n"
+        );
+        let config = outrigger_config::from_yaml(&yaml, "t.yaml", &|_| None).expect("valid");
+        let ejections = IntCounter::new("e", "e").expect("counter");
+        let healthy = IntGauge::new("h", "h").expect("gauge");
+        Endpoints::new(&config.upstreams[0], None, ejections, healthy)
+    }
+
+    /// Sequential traffic (one request at a time) to endpoints whose latency is `answer(port)`
+    /// plus a little jitter: how many of 1,000 requests each port got.
+    fn share(eps: &Endpoints, answer: impl Fn(&str) -> f64) -> std::collections::HashMap<String, u32> {
+        let mut got = std::collections::HashMap::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut now = Instant::now();
+        for _ in 0..1000 {
+            let ep = eps.pick(now, |n| rng.usize(..n), None).expect("an endpoint");
+            let port = port(&ep);
+            let micros = answer(&port) * (0.9 + 0.2 * rng.f64());
+            now += Duration::from_micros(micros as u64);
+            eps.record(now, &ep, false, Some(Duration::from_micros(micros as u64)), None);
+            *got.entry(port).or_insert(0) += 1;
+        }
+        got
+    }
+
+    /// Two equal endpoints share sequential traffic (each 30-70 %): a new endpoint is tried,
+    /// and the choice between two is weighed at random by cost. A slow one (5x) gets less.
+    #[tokio::test(start_paused = true)]
+    async fn equal_endpoints_share_sequential_traffic_and_a_slow_one_gets_less() {
+        let got = share(&endpoints("127.0.0.1:1, 127.0.0.1:2"), |_| 200.0);
+        for port in ["1", "2"] {
+            let n = got.get(port).copied().unwrap_or(0);
+            assert!((300..=700).contains(&n), "port {port} got {n} of 1000: {got:?}");
+        }
+        let got = share(&endpoints("127.0.0.1:1, 127.0.0.1:2"), |p| {
+            if p == "2" { 1000.0 } else { 200.0 }
+        });
+        let slow = got.get("2").copied().unwrap_or(0);
+        assert!(slow > 0, "the slow endpoint was tried: {got:?}");
+        assert!(slow < 300, "the slow endpoint got {slow} of 1000: {got:?}");
+    }
+
+    /// A retry avoids the endpoint its previous attempt failed on while another is usable,
+    /// and goes back to it when it is the only one left.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_avoids_the_endpoint_that_just_failed() {
+        let eps = endpoints("127.0.0.1:1, 127.0.0.1:2");
+        let all = eps.current.load_full();
+        let now = Instant::now();
+        for first in 0..2 {
+            for tie in [0, 999_999] {
+                let picked = eps
+                    .pick(now, |n| if n == 2 { first } else { tie }, Some(&all[0]))
+                    .expect("an endpoint");
+                assert_eq!(port(&picked), "2");
+            }
+        }
+        let single = endpoints("127.0.0.1:1");
+        let only = single.current.load_full()[0].clone();
+        let picked = single.pick(now, |_| 0, Some(&only)).expect("the only endpoint");
+        assert!(Arc::ptr_eq(&picked, &only));
     }
 }

@@ -1,0 +1,99 @@
+//! The admin port's guarded endpoints: `POST /shutdown` drains and exits 0; `/debug/*` and
+//! `/shutdown` answer only the sources in `admin.debug_from` (default: loopback), others get
+//! 403 `forbidden` as problem+json.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is how a test reports failure"
+)]
+
+use std::net::SocketAddr;
+
+use outrigger_testkit::{Mode, Upstream};
+use outrigger_tests::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One request to `addr` from the local address `from` (any of 127.0.0.0/8): (status, body).
+async fn request_from(from: [u8; 4], addr: SocketAddr, head: &str) -> (u16, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+const GET_LEVEL: &str = "GET /debug/log_level HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+
+/// `POST /shutdown` from loopback: 202 `{"status":"draining"}`, readiness off, exit 0.
+/// `GET /shutdown` is 405.
+#[tokio::test]
+async fn post_shutdown_drains_and_exits_0() {
+    let up = Upstream::start(Mode::Ok).await;
+    let mut proxy =
+        Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE).replace("drain: {delay: 0s", "drain: {delay: 1s"));
+    let (status, _) = proxy.admin_get("/shutdown").await;
+    assert_eq!(status, 405);
+    let reply = raw_request(
+        proxy.admin,
+        b"POST /shutdown HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    let body: Value = serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1.trim()).unwrap();
+    assert_eq!(body["status"], "draining");
+    // Serving goes on through the drain delay, with readiness off.
+    let (ready, _) = proxy.admin_get("/readyz").await;
+    assert_eq!(ready, 503);
+    assert_eq!(get(&proxy.url("/")).await.status, 200);
+    assert_eq!(proxy.wait_exit(), 0);
+}
+
+/// `admin.debug_from` decides who may use `/debug/*` and `/shutdown`: a listed source is
+/// answered, loopback itself is refused once the list leaves it out (403 `forbidden`,
+/// problem+json naming the address), and `/metrics` stays open to all.
+#[tokio::test]
+async fn debug_endpoints_answer_only_debug_from() {
+    let up = Upstream::start(Mode::Ok).await;
+    let yaml = config(&[up.addr()], DEFAULT_ROUTE).replace(
+        "admin: {address: 127.0.0.1:0}",
+        "admin: {address: 127.0.0.1:0, debug_from: [127.0.0.2/32]}",
+    );
+    let proxy = Outrigger::start(&yaml);
+    let (status, body) = request_from([127, 0, 0, 2], proxy.admin, GET_LEVEL).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = request_from([127, 0, 0, 1], proxy.admin, GET_LEVEL).await;
+    assert_eq!(status, 403, "{body}");
+    let problem: Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(problem["code"], "forbidden");
+    assert!(problem["detail"].as_str().unwrap().contains("127.0.0.1"), "{problem}");
+    let (status, _) = request_from(
+        [127, 0, 0, 1],
+        proxy.admin,
+        "POST /shutdown HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 403, "a refused shutdown does not drain");
+    let (status, _) = proxy.admin_get("/readyz").await;
+    assert_eq!(status, 200);
+    let (status, _) = request_from(
+        [127, 0, 0, 1],
+        proxy.admin,
+        "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The default: loopback only.
+    let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
+    let (status, _) = request_from([127, 0, 0, 2], proxy.admin, GET_LEVEL).await;
+    assert_eq!(status, 200, "127.0.0.0/8 is loopback");
+}
