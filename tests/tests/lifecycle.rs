@@ -97,3 +97,98 @@ async fn builtin_config_is_a_sidecar_for_an_app_on_8080() {
     assert_eq!(config.admin.address.to_string(), "0.0.0.0:15090");
     assert_eq!(config.upstreams[0].endpoints[0].to_string(), "127.0.0.1:8080");
 }
+
+/// The app's own calls out keep working during the drain: after `drain.delay` the inbound
+/// listener refuses new connections, while the outbound listener serves until the inbound
+/// side has closed and no outbound request came for `drain.delay`; then exit 0.
+#[tokio::test]
+async fn the_outbound_listener_serves_the_apps_calls_during_the_drain() {
+    let up = Upstream::start(Mode::Delay(Duration::from_millis(1500))).await;
+    let fast = Upstream::start(Mode::Ok).await;
+    let yaml = format!(
+        "listeners:\n  - {{name: inbound, address: 127.0.0.1:0}}\n  - {{name: outbound, role: outbound, address: 127.0.0.1:0}}\n\
+         admin: {{address: 127.0.0.1:0}}\n\
+         drain: {{delay: 300ms, timeout: 10s}}\n\
+         upstreams:\n  slow: {{endpoints: [{}]}}\n  fast: {{endpoints: [{}]}}\n\
+         routes:\n  - {{name: in, match: {{path_prefix: /}}, upstream: slow, listener: inbound}}\n\
+         \x20 - {{name: out, match: {{path_prefix: /}}, upstream: fast, listener: outbound}}\n",
+        up.addr(),
+        fast.addr()
+    );
+    let mut proxy = Outrigger::start(&yaml);
+    let inbound = proxy.url("/work");
+    let in_flight = tokio::spawn(async move { get(&inbound).await });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while up.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.signal("TERM");
+    // Past the delay the inbound listener is closed ...
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while tokio::net::TcpStream::connect(proxy.inbound()).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the inbound listener never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... while the app, still working on its request, calls out through the outbound one.
+    let out = format!("http://{}/dependency", proxy.listeners["outbound"]);
+    for _ in 0..3 {
+        assert_eq!(get(&out).await.status, 200, "an outbound call during the drain");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(in_flight.await.unwrap().status, 200);
+    assert_eq!(proxy.wait_exit(), 0);
+    proxy
+        .wait_for_log(|l| l["msg"].as_str().unwrap_or("").starts_with("The app's side is quiet"))
+        .await;
+}
+
+/// A request still in flight when the drain's time is up is cut: the exit status is 1 and
+/// the log says how many.
+#[tokio::test]
+async fn a_drain_that_cuts_requests_exits_1() {
+    let up = Upstream::start(Mode::Hang).await;
+    let yaml = config(
+        &[up.addr()],
+        "  - {name: default, match: {path_prefix: /}, upstream: app, timeout: 60s}\n",
+    )
+    .replace("drain: {delay: 0s, timeout: 5s}", "drain: {delay: 0s, timeout: 300ms}");
+    let mut proxy = Outrigger::start(&yaml);
+    let url = proxy.url("/stuck");
+    let _stuck = tokio::spawn(async move { get(&url).await });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while up.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(), 1);
+    let line = proxy.wait_for_log(|l| l["cut"] == 1).await;
+    assert_eq!(line["level"], "warn");
+}
+
+/// A second SIGTERM during the drain exits at once (status 1).
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let up = Upstream::start(Mode::Ok).await;
+    let yaml = config(&[up.addr()], DEFAULT_ROUTE)
+        .replace("drain: {delay: 0s, timeout: 5s}", "drain: {delay: 30s, timeout: 30s}");
+    let mut proxy = Outrigger::start(&yaml);
+    proxy.signal("TERM");
+    proxy
+        .wait_for_log(|l| l["kind"] == "lifecycle" && l["msg"].as_str().unwrap_or("").starts_with("Draining"))
+        .await;
+    proxy.signal("TERM");
+    let started = std::time::Instant::now();
+    assert_eq!(proxy.wait_exit(), 1);
+    assert!(started.elapsed() < Duration::from_secs(10), "it waited for the drain");
+}

@@ -313,10 +313,10 @@ async fn balancing_prefers_the_faster_endpoint_and_reuses_pooled_connections() {
     }
     // Access lines are written in batches, in order: once the last is out, all are.
     proxy.access_log(&last).await;
-    // P2C with a peak-EWMA cost: once the slow endpoint has answered slowly it loses every
-    // comparison, so it sees at most the first couple of requests.
-    assert!(slow.requests() <= 2, "slow endpoint got {} of 20", slow.requests());
-    assert!(fast.requests() >= 18, "fast endpoint got {} of 20", fast.requests());
+    // P2C with a peak-EWMA cost, weighed at random: each endpoint is tried once, then the
+    // slow one (about 100x slower) wins about one pair in a hundred.
+    assert!(slow.requests() <= 3, "slow endpoint got {} of 20", slow.requests());
+    assert!(fast.requests() >= 17, "fast endpoint got {} of 20", fast.requests());
     assert_eq!(fast.connections(), 1, "sequential requests reuse one pooled connection");
     let reused = proxy
         .logs()

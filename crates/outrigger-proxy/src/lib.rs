@@ -103,10 +103,12 @@ impl Proxy {
         self.admin.1
     }
 
-    /// Serves until `shutdown` resolves, then drains: readiness goes off at once, traffic
-    /// is still served for `drain.delay` (while endpoints update), then listeners stop
-    /// accepting and open connections finish their requests for at most `drain.timeout`.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` resolves (or `POST /shutdown`), then drains: readiness goes
+    /// off at once, traffic is still served for `drain.delay` (while endpoints update), then
+    /// inbound listeners stop accepting; outbound listeners (the app's own calls) go on until
+    /// the inbound side has closed and no outbound request came for `drain.delay`; open
+    /// connections finish their requests until `drain.delay + drain.timeout` after the start.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Drained {
         let Proxy {
             config,
             metrics,
@@ -137,8 +139,11 @@ impl Proxy {
             }
         }
         let shared = Arc::new(runtime::Runtime::new(&config, metrics.clone(), spans, &tls));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        // Inbound and outbound listeners stop at different times (`drain`).
+        let (inbound_stop, inbound_stop_rx) = watch::channel(false);
+        let (outbound_stop, outbound_stop_rx) = watch::channel(false);
+        let (inbound_alive, mut inbound_alive_rx) = mpsc::channel::<()>(1);
+        let (outbound_alive, mut outbound_alive_rx) = mpsc::channel::<()>(1);
 
         // Resolve DNS endpoints before saying ready, then keep following them.
         let mut refreshers = Vec::new();
@@ -184,7 +189,7 @@ impl Proxy {
                 shutdown: admin_shutdown.clone(),
                 type_base: config.errors.type_base.as_str().into(),
             }),
-            stop_rx.clone(),
+            outbound_stop_rx.clone(),
         ));
         tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level /shutdown.", admin.1);
         for (i, ((listener, addr), cfg)) in listeners.into_iter().zip(&config.listeners).enumerate() {
@@ -197,16 +202,20 @@ impl Proxy {
                 cfg.name,
                 cfg.role.as_str()
             );
+            let (stop, alive) = match cfg.role {
+                Role::Inbound => (inbound_stop_rx.clone(), inbound_alive.clone()),
+                Role::Outbound => (outbound_stop_rx.clone(), outbound_alive.clone()),
+            };
             tokio::spawn(downstream::listener::accept_loop(
                 listener,
                 i,
                 cfg.limits.clone(),
                 shared.clone(),
-                stop_rx.clone(),
-                alive_tx.clone(),
+                stop,
+                alive,
             ));
         }
-        drop(alive_tx);
+        drop((inbound_alive, outbound_alive));
         ready.store(true, Ordering::Release);
         tracing::info!(
             kind = "lifecycle",
@@ -230,20 +239,41 @@ impl Proxy {
             error::humanize(config.drain.delay),
             if has_inbound { "" } else { " (no inbound listener)" }
         );
+        let drain_started = tokio::time::Instant::now();
+        let deadline = drain_started + config.drain.delay + config.drain.timeout;
         tokio::time::sleep(config.drain.delay).await;
         // From here on, requests that still reach an inbound connection are told to go elsewhere.
         shared.draining.store(true, Ordering::Relaxed);
-        let _ = stop_tx.send(true);
-        let finished = tokio::time::timeout(config.drain.timeout, alive_rx.recv())
+        let _ = inbound_stop.send(true);
+        // The app may still be finishing its work, and its calls out must not fail: outbound
+        // listeners accept until the inbound side has closed and no outbound request has been
+        // seen for `drain.delay`, or until the drain's time is up.
+        outbound_quiet(&shared, &config, &mut inbound_alive_rx, deadline).await;
+        let _ = outbound_stop.send(true);
+        let inbound_done = tokio::time::timeout_at(deadline, inbound_alive_rx.recv()).await.is_ok();
+        let outbound_done = tokio::time::timeout_at(deadline, outbound_alive_rx.recv())
             .await
             .is_ok();
-        if finished {
+        let cut: usize = shared
+            .listeners
+            .iter()
+            .map(|l| l.in_flight.load(Ordering::Relaxed))
+            .sum();
+        if inbound_done && outbound_done {
             tracing::info!(kind = "lifecycle", "Drained: every connection has finished. Exiting.");
+        } else if cut == 0 {
+            tracing::info!(
+                kind = "lifecycle",
+                "Drain timeout of {} reached with idle connections still open; no request was cut. Exiting.",
+                error::humanize(config.drain.timeout)
+            );
         } else {
             tracing::warn!(
                 kind = "lifecycle",
-                "Drain timeout of {} reached with connections still open; exiting anyway.",
-                error::humanize(config.drain.timeout)
+                cut,
+                "Drain timeout of {} reached with {cut} request{} still in flight; they are cut. Exiting with status 1.",
+                error::humanize(config.drain.timeout),
+                if cut == 1 { "" } else { "s" }
             );
         }
         admin_task.abort();
@@ -251,6 +281,65 @@ impl Proxy {
         if let Some(task) = span_export {
             // The last spans (the drain's own requests) get a short, bounded chance to leave.
             task.shutdown(std::time::Duration::from_secs(2)).await;
+        }
+        Drained { cut }
+    }
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Requests still in flight when the drain's time ran out (0: none was cut).
+    pub cut: usize,
+}
+
+/// Waits until the outbound side may stop: the inbound connections have all closed and no
+/// outbound request has been admitted, or been in flight, for `drain.delay`; or `deadline`.
+async fn outbound_quiet(
+    shared: &runtime::Runtime,
+    config: &Config,
+    inbound_alive: &mut mpsc::Receiver<()>,
+    deadline: tokio::time::Instant,
+) {
+    let outbound: Vec<&runtime::ListenerRt> = config
+        .listeners
+        .iter()
+        .zip(&shared.listeners)
+        .filter(|(c, _)| c.role == Role::Outbound)
+        .map(|(_, l)| l)
+        .collect();
+    if outbound.is_empty() {
+        return;
+    }
+    let activity = || -> (u64, usize) {
+        outbound.iter().fold((0, 0), |(seen, busy), l| {
+            (
+                seen + l.admitted.load(Ordering::Relaxed),
+                busy + l.in_flight.load(Ordering::Relaxed),
+            )
+        })
+    };
+    let mut inbound_closed = false;
+    let (mut last_seen, mut quiet_since) = (activity().0, tokio::time::Instant::now());
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        let now = tick.tick().await;
+        if now >= deadline {
+            return;
+        }
+        if !inbound_closed {
+            inbound_closed = matches!(inbound_alive.try_recv(), Err(mpsc::error::TryRecvError::Disconnected));
+        }
+        let (seen, busy) = activity();
+        if seen != last_seen || busy > 0 {
+            (last_seen, quiet_since) = (seen, now);
+        } else if inbound_closed && now.saturating_duration_since(quiet_since) >= config.drain.delay {
+            tracing::info!(
+                kind = "lifecycle",
+                "The app's side is quiet (no inbound connection, no outbound request for {}): outbound listeners stop accepting.",
+                error::humanize(config.drain.delay)
+            );
+            return;
         }
     }
 }

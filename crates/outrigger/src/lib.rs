@@ -299,7 +299,24 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     tracing::info!(kind = "lifecycle", version = VERSION, commit = COMMIT, config = %source, "outrigger {VERSION} starting with {source}.");
-    proxy.run(shutdown_signal()).await;
+    let drained = proxy
+        .run(async {
+            shutdown_signal().await;
+            // A second signal while draining: the operator wants out now.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!(
+                    kind = "lifecycle",
+                    "A second signal during the drain: exiting at once (status 1)."
+                );
+                outrigger_telemetry::logging::flush();
+                std::process::exit(1);
+            });
+        })
+        .await;
+    if drained.cut > 0 {
+        return ExitCode::from(1);
+    }
     ExitCode::SUCCESS
 }
 

@@ -83,12 +83,16 @@ impl EndpointRt {
 /// Whether `b` should be picked over `a`, at random with a chance in inverse proportion to
 /// its cost (latency estimate times requests in flight plus one): equal endpoints share the
 /// traffic, one five times slower gets a sixth of the pairs it is in, and none is starved by
-/// a passing spike. An endpoint that has not answered yet is costed at the other's estimate,
-/// so it is tried and then judged on its own figures (a fixed placeholder would be slower
-/// than any loopback peer and never be tried).
+/// a passing spike. An endpoint that has not answered yet is tried first when it has nothing
+/// in flight, and otherwise costed at the other's estimate, so it is judged on its own
+/// figures once it has some (a fixed placeholder would be slower than any loopback peer
+/// and never be tried).
 fn cheaper(b: &EndpointRt, a: &EndpointRt, draw: &mut impl FnMut(usize) -> usize) -> bool {
     let (rtt_a, rtt_b) = match (a.rtt(), b.rtt()) {
         (Some(x), Some(y)) => (x, y),
+        // A new endpoint with nothing in flight is tried at once.
+        (Some(_), None) if b.load() == 1.0 => return true,
+        (None, Some(_)) if a.load() == 1.0 => return false,
         (Some(x), None) => (x, x),
         (None, Some(y)) => (y, y),
         (None, None) => (1.0, 1.0),

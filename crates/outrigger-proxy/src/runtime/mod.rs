@@ -58,6 +58,8 @@ pub(crate) struct ListenerRt {
     pub max_header_bytes: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Requests admitted so far (the drain watches the outbound side go quiet).
+    pub(crate) admitted: std::sync::atomic::AtomicU64,
     /// A client body that sends nothing for this long is cut off (408).
     pub(crate) body_idle: Duration,
     /// The listener's name (logs, the handshake failure metric).
@@ -72,6 +74,7 @@ impl ListenerRt {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
+        self.admitted.fetch_add(1, Ordering::Relaxed);
         Some(Slot::taken(self.in_flight.clone()))
     }
 }
@@ -183,6 +186,7 @@ impl Runtime {
                     max_header_bytes: l.limits.max_header_bytes,
                     max_in_flight: l.limits.max_in_flight,
                     in_flight: Arc::new(AtomicUsize::new(0)),
+                    admitted: std::sync::atomic::AtomicU64::new(0),
                     body_idle: l.limits.idle_timeout,
                 })
                 .collect(),
