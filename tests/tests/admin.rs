@@ -97,3 +97,76 @@ async fn debug_endpoints_answer_only_debug_from() {
     let (status, _) = request_from([127, 0, 0, 2], proxy.admin, GET_LEVEL).await;
     assert_eq!(status, 200, "127.0.0.0/8 is loopback");
 }
+
+/// `/debug/upstreams` shows the live breaker with why and since when, and each endpoint's
+/// health, in-flight requests and latency estimate; `/debug/routes` the routes in match
+/// order; `?format=text` the same for a person.
+#[tokio::test]
+async fn debug_views_show_the_live_breaker_endpoints_and_routes() {
+    let up = Upstream::start(Mode::Ok).await;
+    let nowhere = outrigger_testkit::refused_addr();
+    let yaml = config(&[up.addr()], DEFAULT_ROUTE).replace(
+        "upstreams:\n",
+        &format!(
+            "upstreams:\n  down:\n    endpoints: [{nowhere}]\n    circuit_breaker: {{consecutive_failures: 2, open_for: 30s}}\n"
+        ),
+    )
+    .replace(
+        "routes:\n",
+        "routes:\n  - {name: broken, match: {path_prefix: /broken}, upstream: down, timeout: 2s}\n",
+    );
+    let proxy = Outrigger::start(&yaml);
+    for _ in 0..2 {
+        assert_eq!(get(&proxy.url("/broken")).await.status, 503);
+    }
+    assert_eq!(get(&proxy.url("/fine")).await.status, 200);
+
+    let (status, body) = proxy.admin_get("/debug/upstreams").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(body.trim()).unwrap();
+    let down = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "down")
+        .unwrap();
+    assert_eq!(down["breaker"]["state"], "open", "{down}");
+    assert!(
+        down["breaker"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("2 consecutive failures"),
+        "{down}"
+    );
+    assert!(down["breaker"]["since"].as_str().unwrap().ends_with('Z'), "{down}");
+    assert!(down["breaker"]["half_open_at"].is_string(), "{down}");
+    assert_eq!(down["endpoints"][0]["address"], nowhere.to_string());
+    let app = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "app")
+        .unwrap();
+    assert_eq!(app["breaker"]["state"], "closed");
+    let ep = &app["endpoints"][0];
+    assert_eq!(ep["healthy"], true);
+    assert_eq!(ep["in_flight"], 0);
+    assert!(ep["ewma_ms"].as_f64().unwrap() > 0.0, "{ep}");
+
+    let (status, text) = proxy.admin_get("/debug/upstreams?format=text").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("name: down") && text.contains("state: open"), "{text}");
+
+    let (status, body) = proxy.admin_get("/debug/routes").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(body.trim()).unwrap();
+    let names: Vec<&str> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["broken", "default"], "match order");
+    assert_eq!(v["routes"][0]["match"]["path_prefix"], "/broken");
+    assert_eq!(v["routes"][0]["upstream"], "down");
+}

@@ -159,6 +159,11 @@ impl Breaker {
         self.state
     }
 
+    /// While open: when trial calls are let through again (half-open).
+    pub fn half_open_at(&self) -> Option<Instant> {
+        (self.state == BreakerState::Open).then_some(self.open_until)
+    }
+
     /// Asks to make a call.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
         let mut transition = None;

@@ -36,6 +36,11 @@ pub struct Outlier {
 }
 
 impl Outlier {
+    /// When the last ejection ends (or ended).
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.ejected_until
+    }
+
     /// Whether the endpoint is out of rotation at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until.is_some_and(|t| now < t)

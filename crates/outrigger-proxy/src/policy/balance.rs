@@ -325,6 +325,26 @@ impl Endpoints {
         }
     }
 
+    /// What `/debug/upstreams` shows of each endpoint.
+    pub(crate) fn view(&self, now: Instant) -> Vec<serde_json::Value> {
+        self.current
+            .load()
+            .iter()
+            .map(|e| {
+                let s = lock(&e.stats);
+                let ejected_for = s.outlier.ejected_until().map(|t| t.saturating_duration_since(now.into_std()));
+                serde_json::json!({
+                    "address": e.pool.label(),
+                    "healthy": !s.outlier.is_ejected(now.into_std()),
+                    "ejected_for_ms": ejected_for.filter(|d| !d.is_zero()).map(|d| d.as_millis() as u64),
+                    "backing_off_ms": s.backoff_until.map(|t| t.saturating_duration_since(now).as_millis() as u64).filter(|ms| *ms > 0),
+                    "in_flight": e.in_flight.load(Ordering::Relaxed),
+                    "ewma_ms": s.sampled.then(|| (s.ewma.get().as_secs_f64() * 1e6).round() / 1e3),
+                })
+            })
+            .collect()
+    }
+
     /// How many endpoints there are now.
     pub(crate) fn len(&self) -> usize {
         self.current.load().len()

@@ -21,6 +21,8 @@ pub struct Circuit {
     upstream: Arc<str>,
     breaker: Mutex<Breaker>,
     last_open_why: Mutex<Option<String>>,
+    /// The last state change: when (wall clock) and why, for `/debug/upstreams`.
+    last_change: Mutex<Option<(std::time::SystemTime, String)>>,
     in_flight: AtomicU32,
     max_in_flight: u32,
     trip_on_5xx: bool,
@@ -70,6 +72,7 @@ impl Circuit {
             upstream: upstream.into(),
             breaker: Mutex::new(Breaker::new(settings, Instant::now().into_std())),
             last_open_why: Mutex::new(None),
+            last_change: Mutex::new(None),
             in_flight: AtomicU32::new(0),
             max_in_flight: cfg.max_in_flight,
             trip_on_5xx: cfg.trip_on_5xx,
@@ -85,6 +88,29 @@ impl Circuit {
     /// The state now.
     pub fn state(&self) -> BreakerState {
         self.lock().state()
+    }
+
+    /// What `/debug/upstreams` shows: the state, since when and why, and (open) when
+    /// trial calls start; the calls in flight against `max_in_flight`.
+    pub(crate) fn view(&self) -> serde_json::Value {
+        let (state, half_open_at) = {
+            let b = self.lock();
+            (b.state(), b.half_open_at())
+        };
+        let change = self.last_change.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut v = serde_json::json!({
+            "state": state.as_str(),
+            "since": change.as_ref().map(|(at, _)| humantime::format_rfc3339_millis(*at).to_string()),
+            "why": change.map(|(_, why)| why),
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "max_in_flight": self.max_in_flight,
+        });
+        if let Some(at) = half_open_at {
+            let wait = at.saturating_duration_since(std::time::Instant::now());
+            let when = std::time::SystemTime::now() + wait;
+            v["half_open_at"] = humantime::format_rfc3339_millis(when).to_string().into();
+        }
+        v
     }
 
     /// Asks to make a call: a permit, or the error to fail fast with.
@@ -151,6 +177,8 @@ impl Circuit {
         self.transitions
             .with_label_values(&[&self.upstream, t.from.as_str(), t.to.as_str()])
             .inc();
+        *self.last_change.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::SystemTime::now(), t.why.clone()));
         if t.to == BreakerState::Open {
             *self.last_open_why.lock().unwrap_or_else(|p| p.into_inner()) = Some(t.why.clone());
         }

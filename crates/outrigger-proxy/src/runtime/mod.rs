@@ -82,6 +82,8 @@ impl ListenerRt {
 /// Everything the request path needs, built once from a config.
 pub(crate) struct Runtime {
     pub(crate) router: Router<Arc<RouteRt>>,
+    /// The routes in match order, with their config (`/debug/routes`).
+    pub(crate) routes: Vec<(outrigger_config::Route, Arc<RouteRt>)>,
     pub(crate) listeners: Vec<ListenerRt>,
     pub(crate) upstreams: Vec<Arc<UpstreamRt>>,
     pub(crate) metrics: Metrics,
@@ -122,7 +124,7 @@ impl Runtime {
                 ))
             })
             .collect();
-        let routes = config
+        let routes: Vec<(outrigger_config::Route, Vec<usize>, Arc<RouteRt>)> = config
             .routes
             .iter()
             .filter_map(|r| {
@@ -174,6 +176,7 @@ impl Runtime {
             .collect();
         let suppressed = metrics.log_lines_suppressed.clone();
         Runtime {
+            routes: routes.iter().map(|(cfg, _, rt)| (cfg.clone(), rt.clone())).collect(),
             router: Router::new(routes),
             listeners: config
                 .listeners
