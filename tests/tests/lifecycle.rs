@@ -192,3 +192,57 @@ async fn a_second_signal_exits_at_once() {
     assert_eq!(proxy.wait_exit(), 1);
     assert!(started.elapsed() < Duration::from_secs(10), "it waited for the drain");
 }
+
+/// Waits until `/metrics` shows `n` restarts of `task`.
+async fn restarts(proxy: &Outrigger, task: &str, n: f64) {
+    let label = format!("task=\"{task}\"");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while proxy.metric("outrigger_task_restarts_total", &[&label]).await < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{task} was not restarted {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A background task that panics is restarted (with a growing pause), logged and counted,
+/// while requests keep flowing; one serving does not need leaves readiness alone.
+#[tokio::test]
+async fn a_panicking_background_task_is_restarted_and_counted() {
+    let up = Upstream::start(Mode::Ok).await;
+    let proxy = Outrigger::start_with(
+        &config(&[up.addr()], DEFAULT_ROUTE),
+        &[("OUTRIGGER_TEST_PANIC_TASK", "log_summary:3")],
+    );
+    restarts(&proxy, "log_summary", 3.0).await;
+    let line = proxy.wait_for_log(|l| l["kind"] == "task").await;
+    assert_eq!(line["task"], "log_summary");
+    assert!(
+        line["why"].as_str().unwrap().contains("asked this task to panic"),
+        "{line}"
+    );
+    assert_eq!(get(&proxy.url("/")).await.status, 200);
+    assert_eq!(
+        proxy.admin_get("/readyz").await.0,
+        200,
+        "log_summary is not needed to serve"
+    );
+}
+
+/// A task serving needs (DNS re-resolution) that keeps failing turns readiness off, and
+/// requests still flow on the addresses already known.
+#[tokio::test]
+async fn a_needed_task_that_keeps_failing_turns_readiness_off() {
+    let up = Upstream::start(Mode::Ok).await;
+    let yaml = config(&[], DEFAULT_ROUTE).replace(
+        "endpoints: []",
+        &format!("endpoints: [localhost:{}]\n    resolve_every: 1s", up.addr().port()),
+    );
+    let proxy = Outrigger::start_with(&yaml, &[("OUTRIGGER_TEST_PANIC_TASK", "dns:3")]);
+    restarts(&proxy, "dns", 3.0).await;
+    let (status, body) = proxy.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("background task"), "{body}");
+    assert_eq!(get(&proxy.url("/")).await.status, 200);
+}

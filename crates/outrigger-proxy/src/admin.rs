@@ -35,6 +35,8 @@ pub(crate) struct AdminState {
     pub(crate) type_base: Arc<str>,
     /// The live routes and upstreams (`/debug/routes`, `/debug/upstreams`).
     pub(crate) runtime: Arc<crate::runtime::Runtime>,
+    /// Background tasks: a needed one that keeps failing turns `/readyz` red.
+    pub(crate) supervisor: crate::runtime::supervise::Supervisor,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -113,6 +115,10 @@ fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Res
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if state.ready.load(Ordering::Acquire) && !state.supervisor.healthy() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: a background task serving needs keeps failing (see the `kind: task` log lines)\n",
+        ),
         "/readyz" if state.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n"),
         _ => text(

@@ -145,6 +145,9 @@ impl Proxy {
         let (inbound_alive, mut inbound_alive_rx) = mpsc::channel::<()>(1);
         let (outbound_alive, mut outbound_alive_rx) = mpsc::channel::<()>(1);
 
+        // Background tasks run supervised: restarted after a failure, counted, and (for the
+        // ones serving needs) reflected in readiness.
+        let supervisor = runtime::supervise::Supervisor::new(&metrics);
         // Resolve DNS endpoints before saying ready, then keep following them.
         let mut refreshers = Vec::new();
         for (u, cfg) in shared.upstreams().iter().zip(&config.upstreams) {
@@ -152,29 +155,35 @@ impl Proxy {
                 u.endpoints.resolve().await;
                 let u = u.clone();
                 let every = cfg.resolve_every;
-                refreshers.push(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(every);
-                    tick.tick().await;
-                    loop {
+                refreshers.push(supervisor.spawn("dns", true, move || {
+                    let u = u.clone();
+                    async move {
+                        let mut tick = tokio::time::interval(every);
                         tick.tick().await;
-                        u.endpoints.resolve().await;
+                        loop {
+                            tick.tick().await;
+                            u.endpoints.resolve().await;
+                        }
                     }
                 }));
             }
         }
 
         if let Some(watch) = tls.watch(std::time::Duration::from_secs(1)) {
-            refreshers.push(tokio::spawn(watch));
+            refreshers.push(supervisor.spawn("tls_watch", true, watch));
         }
 
         // One summary line per second for each kind of log line that rate limiting dropped.
         let limiter = shared.sinks.log_limiter.clone();
-        refreshers.push(tokio::spawn(async move {
-            let every = std::time::Duration::from_secs(1);
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                limiter.flush(every);
+        refreshers.push(supervisor.spawn("log_summary", false, move || {
+            let limiter = limiter.clone();
+            async move {
+                let every = std::time::Duration::from_secs(1);
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    limiter.flush(every);
+                }
             }
         }));
 
@@ -189,6 +198,7 @@ impl Proxy {
                 shutdown: admin_shutdown.clone(),
                 type_base: config.errors.type_base.as_str().into(),
                 runtime: shared.clone(),
+                supervisor: supervisor.clone(),
             }),
             outbound_stop_rx.clone(),
         ));

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub tls_certificate_expiry: GaugeVec,
     /// `outrigger_tls_certificate_reloads_total{scope, name, result}`
     pub tls_certificate_reloads: IntCounterVec,
+    /// `outrigger_task_restarts_total{task}`
+    pub task_restarts: IntCounterVec,
     /// `outrigger_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `outrigger_log_lines_suppressed_total{kind}`
@@ -227,6 +229,12 @@ impl Metrics {
                 &["route"],
             )?,
             config_reloads,
+            task_restarts: counter(
+                &r,
+                "outrigger_task_restarts_total",
+                "Background tasks (dns, tls_watch, log_summary) restarted after they failed or panicked.",
+                &["task"],
+            )?,
             tls_handshake_failures: counter(
                 &r,
                 "outrigger_tls_handshake_failures_total",

@@ -3,6 +3,7 @@
 //! and pools, and where finished requests are recorded. The request path (`crate::path`)
 //! reads it; nothing here handles a request.
 
+pub(crate) mod supervise;
 pub(crate) mod upstream;
 
 use std::sync::Arc;

@@ -170,22 +170,33 @@ impl Live {
         })
     }
 
-    /// Looks at the files every `period` and rebuilds what changed, until dropped. Returns
-    /// at once when no TLS is configured.
-    pub(crate) fn watch(&mut self, period: Duration) -> Option<impl Future<Output = ()> + use<>> {
-        let mut watched = std::mem::take(&mut self.watched);
-        if watched.is_empty() {
+    /// The watch over the files, as a task maker (the supervisor starts it again after a
+    /// failure): each task looks at the files every `period` and rebuilds what changed.
+    /// `None` when no TLS is configured.
+    #[allow(clippy::type_complexity, reason = "a task maker: a closure returning a future")]
+    pub(crate) fn watch(
+        &mut self,
+        period: Duration,
+    ) -> Option<impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static> {
+        if self.watched.is_empty() {
             return None;
         }
-        Some(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                for w in &mut watched {
-                    w.look();
+        let watched = Arc::new(std::sync::Mutex::new(std::mem::take(&mut self.watched)));
+        Some(move || {
+            let watched = watched.clone();
+            let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    // Held for one look only, never across an await.
+                    let mut all = watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for w in all.iter_mut() {
+                        w.look();
+                    }
                 }
-            }
+            });
+            task
         })
     }
 }
