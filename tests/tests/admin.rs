@@ -169,4 +169,8 @@ async fn debug_views_show_the_live_breaker_endpoints_and_routes() {
     assert_eq!(names, ["broken", "default"], "match order");
     assert_eq!(v["routes"][0]["match"]["path_prefix"], "/broken");
     assert_eq!(v["routes"][0]["upstream"], "down");
+    assert!(
+        v["routes"][0]["retry_budget_left"].is_null(),
+        "no retry policy, no budget"
+    );
 }

@@ -223,6 +223,7 @@ fn upstreams_view(rt: &crate::runtime::Runtime) -> serde_json::Value {
 /// `/debug/routes`: the routes in match order (first match wins), what each matches, where
 /// it sends traffic, and its live counters.
 fn routes_view(rt: &crate::runtime::Runtime) -> serde_json::Value {
+    let now = tokio::time::Instant::now();
     let routes: Vec<serde_json::Value> = rt
         .routes
         .iter()
@@ -247,6 +248,7 @@ fn routes_view(rt: &crate::runtime::Runtime) -> serde_json::Value {
                 "listener": cfg.listener,
                 "timeout_ms": cfg.timeout.as_millis() as u64,
                 "retry_attempts": cfg.retry.as_ref().map_or(1, |r| r.attempts),
+                "retry_budget_left": cfg.retry.as_ref().map(|_| (live.retry.budget_left(now) * 10.0).round() / 10.0),
                 "allow": cfg.allow.as_ref().map(|a| &a.identities),
                 "in_flight": live.record.in_flight.get(),
                 "fallbacks": live.fallbacks.get(),
