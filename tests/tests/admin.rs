@@ -174,3 +174,37 @@ async fn debug_views_show_the_live_breaker_endpoints_and_routes() {
         "no retry policy, no budget"
     );
 }
+
+/// `/debug/config` is the config in effect with every default filled in; key files appear
+/// as paths only, never their contents, and a collector URL's password is left out.
+#[tokio::test]
+async fn debug_config_shows_the_effective_config_without_secrets() {
+    let up = Upstream::start(Mode::Ok).await;
+    let pki = outrigger_testkit::tls::Pki::new("debug-config");
+    let cert = pki.issue("proxy", &["localhost"]);
+    let yaml = config(&[up.addr()], DEFAULT_ROUTE).replace(
+        "{name: inbound, address: 127.0.0.1:0}",
+        &format!(
+            "{{name: inbound, address: 127.0.0.1:0, tls: {{cert: {}, key: {}}}}}",
+            cert.cert.display(),
+            cert.key.display()
+        ),
+    ) + "telemetry:\n  tracing:\n    otlp_endpoint: http://collector:s3cret@127.0.0.1:9/\n";
+    let proxy = Outrigger::start(&yaml);
+    let (status, body) = proxy.admin_get("/debug/config").await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["listeners"][0]["tls"]["key"], cert.key.display().to_string());
+    assert_eq!(v["upstreams"][0]["connect_timeout"], "2s");
+    assert_eq!(
+        v["upstreams"][0]["circuit_breaker"]["consecutive_failures"], 5,
+        "defaults filled in"
+    );
+    assert_eq!(v["routes"][0]["name"], "default");
+    assert_eq!(v["telemetry"]["tracing"]["otlp_endpoint"], "http://127.0.0.1:9/");
+    let key_pem = std::fs::read_to_string(&cert.key).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(!body.contains(key_body) && !body.contains("s3cret"), "{body}");
+    let (_, text) = proxy.admin_get("/debug/config?format=text").await;
+    assert!(text.contains("connect_timeout: 2s"), "{text}");
+}

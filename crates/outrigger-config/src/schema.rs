@@ -453,6 +453,17 @@ impl RetryOn {
     pub(crate) fn parse(w: &str) -> Option<Self> {
         Self::from_word(w)
     }
+
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::ConnectFailure => "connect_failure",
+            RetryOn::Reset => "reset",
+            RetryOn::Unavailable => "unavailable",
+            RetryOn::Gateway => "gateway",
+            RetryOn::Timeout => "timeout",
+        }
+    }
 }
 
 /// A route's retry policy.

@@ -199,10 +199,11 @@ impl Proxy {
                 type_base: config.errors.type_base.as_str().into(),
                 runtime: shared.clone(),
                 supervisor: supervisor.clone(),
+                config: Arc::new(config.clone()),
             }),
             outbound_stop_rx.clone(),
         ));
-        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level /debug/upstreams /debug/routes /shutdown.", admin.1);
+        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level /debug/upstreams /debug/routes /debug/config /shutdown.", admin.1);
         for (i, ((listener, addr), cfg)) in listeners.into_iter().zip(&config.listeners).enumerate() {
             tracing::info!(
                 kind = "lifecycle",

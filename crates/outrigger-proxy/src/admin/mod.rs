@@ -21,6 +21,9 @@ use tokio::sync::watch;
 
 use outrigger_telemetry::Metrics;
 
+mod views;
+use views::{config_view, routes_view, upstreams_view, view_text};
+
 /// What the admin endpoints report on.
 pub(crate) struct AdminState {
     pub(crate) metrics: Metrics,
@@ -37,6 +40,8 @@ pub(crate) struct AdminState {
     pub(crate) runtime: Arc<crate::runtime::Runtime>,
     /// Background tasks: a needed one that keeps failing turns `/readyz` red.
     pub(crate) supervisor: crate::runtime::supervise::Supervisor,
+    /// The config in effect (`/debug/config`).
+    pub(crate) config: Arc<outrigger_config::Config>,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -70,7 +75,7 @@ fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Res
     if path == "/debug/log_level" {
         return log_level(state, req, peer);
     }
-    if matches!(path, "/debug/upstreams" | "/debug/routes") {
+    if matches!(path, "/debug/upstreams" | "/debug/routes" | "/debug/config") {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
@@ -78,10 +83,10 @@ fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Res
             .uri()
             .query()
             .is_some_and(|q| q.split('&').any(|kv| kv == "format=text"));
-        let view = if path == "/debug/upstreams" {
-            upstreams_view(&state.runtime)
-        } else {
-            routes_view(&state.runtime)
+        let view = match path {
+            "/debug/upstreams" => upstreams_view(&state.runtime),
+            "/debug/routes" => routes_view(&state.runtime),
+            _ => config_view(&state.config),
         };
         return if as_text {
             text_owned(StatusCode::OK, view_text(&view))
@@ -200,105 +205,6 @@ fn log_level(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> 
         body["reverts_after_s"] = d.as_secs_f64().into();
     }
     json(StatusCode::OK, &body)
-}
-
-/// `/debug/upstreams`: per upstream its breaker (state, since when, why, when it half-opens)
-/// and per endpoint its health, ejection, back-off, requests in flight and latency estimate.
-fn upstreams_view(rt: &crate::runtime::Runtime) -> serde_json::Value {
-    let now = tokio::time::Instant::now();
-    let upstreams: Vec<serde_json::Value> = rt
-        .upstreams()
-        .iter()
-        .map(|u| {
-            serde_json::json!({
-                "name": &*u.name,
-                "breaker": u.circuit.view(),
-                "endpoints": u.endpoints.view(now),
-            })
-        })
-        .collect();
-    serde_json::json!({ "upstreams": upstreams })
-}
-
-/// `/debug/routes`: the routes in match order (first match wins), what each matches, where
-/// it sends traffic, and its live counters.
-fn routes_view(rt: &crate::runtime::Runtime) -> serde_json::Value {
-    let now = tokio::time::Instant::now();
-    let routes: Vec<serde_json::Value> = rt
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, (cfg, live))| {
-            let m = &cfg.matcher;
-            serde_json::json!({
-                "order": i + 1,
-                "name": cfg.name,
-                "match": {
-                    "path": m.path,
-                    "path_prefix": m.path_prefix,
-                    "path_regex": m.path_regex.as_ref().map(regex::Regex::as_str),
-                    "host": m.host.as_ref().map(|h| match h.port {
-                        Some(p) => format!("{}:{p}", h.host),
-                        None => h.host.clone(),
-                    }),
-                    "methods": m.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
-                    "headers": m.headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect::<Vec<_>>(),
-                },
-                "upstream": cfg.upstream,
-                "listener": cfg.listener,
-                "timeout_ms": cfg.timeout.as_millis() as u64,
-                "retry_attempts": cfg.retry.as_ref().map_or(1, |r| r.attempts),
-                "retry_budget_left": cfg.retry.as_ref().map(|_| (live.retry.budget_left(now) * 10.0).round() / 10.0),
-                "allow": cfg.allow.as_ref().map(|a| &a.identities),
-                "in_flight": live.record.in_flight.get(),
-                "fallbacks": live.fallbacks.get(),
-                "faults_injected": live.faults.get(),
-            })
-        })
-        .collect();
-    serde_json::json!({ "routes": routes })
-}
-
-/// A debug view for a person: one `key: value` line per scalar, nested objects indented,
-/// list items numbered; nulls left out.
-fn view_text(v: &serde_json::Value) -> String {
-    fn walk(v: &serde_json::Value, indent: usize, out: &mut String) {
-        let pad = "  ".repeat(indent);
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    match v {
-                        serde_json::Value::Null => {}
-                        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
-                            if v.as_array().is_some_and(Vec::is_empty) {
-                                continue;
-                            }
-                            out.push_str(&format!("{pad}{k}:\n"));
-                            walk(v, indent + 1, out);
-                        }
-                        serde_json::Value::String(s) => out.push_str(&format!("{pad}{k}: {s}\n")),
-                        other => out.push_str(&format!("{pad}{k}: {other}\n")),
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match item {
-                        serde_json::Value::String(s) => out.push_str(&format!("{pad}- {s}\n")),
-                        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
-                            out.push_str(&format!("{pad}[{}]\n", i + 1));
-                            walk(item, indent + 1, out);
-                        }
-                        other => out.push_str(&format!("{pad}- {other}\n")),
-                    }
-                }
-            }
-            other => out.push_str(&format!("{pad}{other}\n")),
-        }
-    }
-    let mut out = String::new();
-    walk(v, 0, &mut out);
-    out
 }
 
 /// 403 `forbidden` as problem+json, like every error outrigger makes.
