@@ -98,6 +98,21 @@ async fn builtin_config_is_a_sidecar_for_an_app_on_8080() {
     assert_eq!(config.upstreams[0].endpoints[0].to_string(), "127.0.0.1:8080");
 }
 
+/// GETs `url` in the background and returns once the request has reached `up`.
+async fn in_flight_at(up: &Upstream, url: String) -> tokio::task::JoinHandle<Reply> {
+    let before = up.requests();
+    let request = tokio::spawn(async move { get(&url).await });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while up.requests() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    request
+}
+
 /// The app's own calls out keep working during the drain: after `drain.delay` the inbound
 /// listener refuses new connections, while the outbound listener serves until the inbound
 /// side has closed and no outbound request came for `drain.delay`; then exit 0.
@@ -116,16 +131,7 @@ async fn the_outbound_listener_serves_the_apps_calls_during_the_drain() {
         fast.addr()
     );
     let mut proxy = Outrigger::start(&yaml);
-    let inbound = proxy.url("/work");
-    let in_flight = tokio::spawn(async move { get(&inbound).await });
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while up.requests() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never reached the app"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let in_flight = in_flight_at(&up, proxy.url("/work")).await;
     proxy.signal("TERM");
     // Past the delay the inbound listener is closed ...
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -160,16 +166,7 @@ async fn a_drain_that_cuts_requests_exits_1() {
     )
     .replace("drain: {delay: 0s, timeout: 5s}", "drain: {delay: 0s, timeout: 300ms}");
     let mut proxy = Outrigger::start(&yaml);
-    let url = proxy.url("/stuck");
-    let _stuck = tokio::spawn(async move { get(&url).await });
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while up.requests() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request never reached the app"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let _stuck = in_flight_at(&up, proxy.url("/stuck")).await;
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(), 1);
     let line = proxy.wait_for_log(|l| l["cut"] == 1).await;
