@@ -137,6 +137,22 @@ async fn curl_gets_through_https_with_http1_and_http2() {
         let headers = up.last_request_headers().unwrap();
         assert_eq!(headers["x-forwarded-proto"], "https");
     }
+    // A TCP health probe (connect, close) is not a handshake failure. Reading the close
+    // means the listener has finished with it.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut probe = tokio::net::TcpStream::connect(proxy.inbound()).await.unwrap();
+        probe.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, probe.read_to_end(&mut rest)).await;
+    }
+    assert_eq!(
+        proxy
+            .metric("outrigger_tls_handshake_failures_total", &["listener=\"inbound\""])
+            .await,
+        0.0,
+        "a probe is not counted"
+    );
     // Plain HTTP to a TLS port gets no answer, and no request reaches the upstream.
     let before = up.requests();
     let (_, _, code) = curl(&[&proxy.url("/echo")]).await;

@@ -232,9 +232,7 @@ impl Handshakes {
     /// Counts and (at most once a minute per client address) logs a failed handshake. A
     /// client that closes before saying anything (a TCP health probe) is not a failure.
     fn failed(&self, peer: SocketAddr, e: &io::Error) {
-        let reason = crate::tls::inbound_failure(e);
-        if reason == "other"
-            && e.get_ref().is_none()
+        if !crate::tls::is_tls_error(e)
             && matches!(
                 e.kind(),
                 io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
@@ -243,6 +241,7 @@ impl Handshakes {
             tracing::debug!(client = %peer, error = %e, "TLS client closed before completing a handshake");
             return;
         }
+        let reason = crate::tls::inbound_failure(e);
         if let Some((_, c)) = self.failures.iter().find(|(r, _)| *r == reason) {
             c.inc();
         }

@@ -259,6 +259,12 @@ pub(crate) fn upstream_failure(e: &io::Error) -> String {
     }
 }
 
+/// Whether a handshake failed on what the peer sent (a TLS error), rather than on the
+/// connection closing or stalling.
+pub(crate) fn is_tls_error(e: &io::Error) -> bool {
+    rustls_error(e).is_some()
+}
+
 /// The bounded reason of a failed inbound handshake (the metric's `reason` label).
 pub(crate) fn inbound_failure(e: &io::Error) -> &'static str {
     match rustls_error(e) {

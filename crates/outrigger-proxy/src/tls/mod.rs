@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use outrigger_config::{ListenerTls, UpstreamTls};
 
-pub(crate) use explain::{Explaining, inbound_failure, refusal_in, upstream_failure};
+pub(crate) use explain::{Explaining, inbound_failure, is_tls_error, refusal_in, upstream_failure};
 pub(crate) use identity::PeerIdentity;
 
 /// A TLS file that cannot be used, or material that does not fit together.
