@@ -301,7 +301,7 @@ async fn outbound_absolute_form_is_routed_by_authority_and_never_an_open_proxy()
 
 #[tokio::test]
 async fn balancing_prefers_the_faster_endpoint_and_reuses_pooled_connections() {
-    let slow = Upstream::start(Mode::Delay(std::time::Duration::from_millis(40))).await;
+    let slow = Upstream::start(Mode::Delay(std::time::Duration::from_millis(200))).await;
     let fast = Upstream::start(Mode::Ok).await;
     let proxy = Outrigger::start(&config(&[slow.addr(), fast.addr()], DEFAULT_ROUTE));
     let c = http1_client();
@@ -314,9 +314,11 @@ async fn balancing_prefers_the_faster_endpoint_and_reuses_pooled_connections() {
     // Access lines are written in batches, in order: once the last is out, all are.
     proxy.access_log(&last).await;
     // P2C with a peak-EWMA cost, weighed at random: each endpoint is tried once, then the
-    // slow one (about 100x slower) wins about one pair in a hundred.
-    assert!(slow.requests() <= 3, "slow endpoint got {} of 20", slow.requests());
-    assert!(fast.requests() >= 17, "fast endpoint got {} of 20", fast.requests());
+    // slow one (200 ms against well under 1 ms) wins a pair about as often as the fast one's
+    // estimate is a fraction of its own: rarely, even when a loaded machine slows the fast
+    // one down to a few milliseconds.
+    assert!(slow.requests() <= 5, "slow endpoint got {} of 20", slow.requests());
+    assert!(fast.requests() >= 15, "fast endpoint got {} of 20", fast.requests());
     assert_eq!(fast.connections(), 1, "sequential requests reuse one pooled connection");
     let reused = proxy
         .logs()
