@@ -98,6 +98,8 @@ pub struct Outrigger {
     pub listeners: HashMap<String, SocketAddr>,
     /// Bound admin address.
     pub admin: SocketAddr,
+    /// The config file it was started with (a reload test rewrites it).
+    pub config_path: PathBuf,
 }
 
 impl Outrigger {
@@ -114,7 +116,11 @@ impl Outrigger {
     /// Like [`Outrigger::start_with`] with `--workers workers` (1 runs the current-thread
     /// runtime, the benchmarked sidecar shape; the other tests use 2).
     pub fn start_full(yaml: &str, env: &[(&str, &str)], workers: u16) -> Outrigger {
-        let path = temp_file("config.yaml", yaml);
+        Self::start_file(temp_file("config.yaml", yaml), env, workers)
+    }
+
+    /// Starts `outrigger run -c path` (a file the test manages, e.g. behind symlinks).
+    pub fn start_file(path: PathBuf, env: &[(&str, &str)], workers: u16) -> Outrigger {
         let mut cmd = Command::new(binary());
         cmd.args(["run", "-c"])
             .arg(&path)
@@ -149,6 +155,7 @@ impl Outrigger {
             stderr,
             listeners: HashMap::new(),
             admin: "0.0.0.0:0".parse().expect("addr"),
+            config_path: path,
         };
         o.wait_for_log_blocking(|v| v["msg"] == "outrigger is ready.");
         for v in o.logs() {

@@ -64,11 +64,19 @@ async fn drains_on_sigterm(workers: u16) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test]
-async fn sighup_does_not_kill_the_proxy() {
+async fn sighup_reloads_an_unchanged_file_without_a_hiccup() {
     let up = Upstream::start(Mode::Ok).await;
     let proxy = Outrigger::start(&config(&[up.addr()], DEFAULT_ROUTE));
     proxy.signal("HUP");
-    proxy.wait_for_log(|l| l["kind"] == "reload").await;
+    let line = proxy
+        .wait_for_log(|l| l["kind"] == "reload" && l["result"].is_string())
+        .await;
+    assert_eq!(line["result"], "success", "{line}");
+    assert_eq!(
+        line["changes"], "no setting changed; breaker state kept for 1 upstream",
+        "{line}"
+    );
+    assert_eq!(line["hash"], line["previous_hash"], "{line}");
     assert_eq!(get(&proxy.url("/")).await.status, 200);
 }
 

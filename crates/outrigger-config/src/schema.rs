@@ -12,7 +12,7 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 /// A whole, valid configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Where traffic comes in. At least one.
     pub listeners: Vec<Listener>,
@@ -57,7 +57,7 @@ impl Role {
 }
 
 /// A port outrigger accepts traffic on.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Listener {
     /// Unique name, used by routes' `listener:` and in logs.
     pub name: String,
@@ -72,7 +72,7 @@ pub struct Listener {
 }
 
 /// TLS settings of a listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenerTls {
     /// PEM certificate chain.
     pub cert: PathBuf,
@@ -83,7 +83,7 @@ pub struct ListenerTls {
 }
 
 /// Per-listener limits.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenerLimits {
     /// Largest request head (request line and headers) accepted; beyond it: 431.
     pub max_header_bytes: usize,
@@ -107,7 +107,7 @@ impl Default for ListenerLimits {
 }
 
 /// Shutdown behaviour on SIGTERM.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Drain {
     /// Readiness off, keep serving this long while endpoints update.
     pub delay: Duration,
@@ -125,7 +125,7 @@ impl Default for Drain {
 }
 
 /// The admin listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Admin {
     /// `IP:port` of `/metrics`, `/healthz`, `/readyz`, `/debug/*` and `/shutdown`.
     pub address: SocketAddr,
@@ -201,7 +201,7 @@ impl std::fmt::Display for Endpoint {
 }
 
 /// A named group of endpoints that routes send traffic to.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Upstream {
     /// Unique name, used by routes and in metrics.
     pub name: String,
@@ -224,7 +224,7 @@ pub struct Upstream {
 }
 
 /// TLS towards an upstream.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamTls {
     /// Name checked against the certificate (default: the endpoint's host).
     pub server_name: Option<String>,
@@ -237,7 +237,7 @@ pub struct UpstreamTls {
 }
 
 /// Connection pool settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Pool {
     /// An idle connection is closed after this long. Keep it below the upstream's own
     /// keep-alive timeout, or a request can race the upstream's close ("connection reset").
@@ -256,7 +256,7 @@ impl Default for Pool {
 }
 
 /// Circuit breaker settings (per upstream).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CircuitBreaker {
     /// Open after this many failures in a row.
     pub consecutive_failures: u32,
@@ -299,7 +299,7 @@ impl Default for CircuitBreaker {
 }
 
 /// The slow-call rule of a breaker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SlowCall {
     /// A call slower than this is slow.
     pub duration: Duration,
@@ -308,7 +308,7 @@ pub struct SlowCall {
 }
 
 /// Passive outlier detection settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OutlierDetection {
     /// Eject an endpoint after this many failures in a row.
     pub consecutive_failures: u32,
@@ -329,7 +329,7 @@ impl Default for OutlierDetection {
 }
 
 /// A route: which requests go to which upstream, and how.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     /// Unique name, used in metrics (`http_route`) and logs.
     pub name: String,
@@ -389,6 +389,18 @@ pub struct RouteMatch {
     pub methods: Vec<Method>,
     /// These headers have exactly these values.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Two matchers are equal when they match the same way (a regex compares by its pattern).
+impl PartialEq for RouteMatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+            && self.path_prefix == other.path_prefix
+            && self.path_regex.as_ref().map(Regex::as_str) == other.path_regex.as_ref().map(Regex::as_str)
+            && self.host == other.host
+            && self.methods == other.methods
+            && self.headers == other.headers
+    }
 }
 
 /// A host pattern: `api.example.com`, `*.example.com`, optionally with `:port`.
@@ -467,7 +479,7 @@ impl RetryOn {
 }
 
 /// A route's retry policy.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Retry {
     /// Total tries including the first.
     pub attempts: u32,
@@ -488,7 +500,7 @@ pub struct Retry {
 }
 
 /// Exponential backoff with full jitter.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
     /// First wait's upper bound.
     pub base: Duration,
@@ -506,7 +518,7 @@ impl Default for Backoff {
 }
 
 /// Retries may not exceed `min_per_second × 10 + ratio × requests` in a 10 s window.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RetryBudget {
     /// Share of requests that may be retried.
     pub ratio: f64,
@@ -524,7 +536,7 @@ impl Default for RetryBudget {
 }
 
 /// A degraded answer served on upstream-class failures, marked `outrigger-fallback`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Fallback {
     /// Its status.
     pub status: u16,
@@ -535,7 +547,7 @@ pub struct Fallback {
 }
 
 /// Fault injection for rehearsals.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fault {
     /// Delay a share of requests.
     pub delay: Option<FaultDelay>,
@@ -546,7 +558,7 @@ pub struct Fault {
 }
 
 /// Injected delay.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FaultDelay {
     /// Percent of requests (0–100).
     pub percent: f64,
@@ -555,7 +567,7 @@ pub struct FaultDelay {
 }
 
 /// Injected failure.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FaultAbort {
     /// Percent of requests (0–100).
     pub percent: f64,
@@ -564,7 +576,7 @@ pub struct FaultAbort {
 }
 
 /// Error rendering.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Errors {
     /// Replace non-problem upstream 5xx bodies with problem+json.
     pub normalize_upstream_5xx: bool,
@@ -582,7 +594,7 @@ impl Default for Errors {
 }
 
 /// Metrics, traces and logs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Telemetry {
     /// `service.name` of spans and logs.
     pub service_name: String,
@@ -645,7 +657,7 @@ pub enum OtlpProtocol {
 }
 
 /// Tracing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tracing {
     /// Export spans here (none: no export).
     pub otlp_endpoint: Option<http::Uri>,
@@ -697,7 +709,7 @@ impl LogLevel {
 }
 
 /// Logs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Logs {
     /// Least severe level written.
     pub level: LogLevel,
@@ -737,7 +749,7 @@ impl Default for Logs {
 }
 
 /// A token bucket.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RateLimit {
     /// Sustained lines per second.
     pub per_second: f64,

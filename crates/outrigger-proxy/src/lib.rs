@@ -16,6 +16,7 @@ mod runtime;
 
 mod downstream;
 mod path;
+mod server;
 mod sys;
 mod tls;
 mod upstream;
@@ -32,6 +33,7 @@ use outrigger_config::{Config, Role};
 use outrigger_telemetry::Metrics;
 
 pub use error::{ErrorClass, ErrorKind, ProxyError};
+pub use server::source::{LoadedConfig, Source, Trigger, builtin_config, hash_of, read_config};
 pub use tls::{TlsError, check as check_tls};
 
 /// Why a proxy could not start.
@@ -66,6 +68,19 @@ pub struct Proxy {
     listeners: Vec<(TcpListener, SocketAddr)>,
     admin: (TcpListener, SocketAddr),
     tls: tls::rotate::Live,
+    source: Source,
+    reloads: (mpsc::Sender<Trigger>, mpsc::Receiver<Trigger>),
+}
+
+/// Asks a running proxy to read its config file again (what SIGHUP does).
+#[derive(Clone, Debug)]
+pub struct Reloader(mpsc::Sender<Trigger>);
+
+impl Reloader {
+    /// Asks for a reload; returns at once. Requests made while one is pending are folded into it.
+    pub fn reload(&self) {
+        let _ = self.0.try_send(Trigger::Signal);
+    }
 }
 
 impl Proxy {
@@ -79,13 +94,29 @@ impl Proxy {
             listeners.push(bound);
         }
         let admin = bind(config.admin.address, "admin".to_owned()).await?;
+        // Without a file, the hash is of the settings themselves (tests, embedding programs).
+        let hash = hash_of(format!("{config:?}").as_bytes());
         Ok(Proxy {
             config,
             metrics,
             listeners,
             admin,
             tls,
+            source: Source { path: None, hash },
+            reloads: mpsc::channel(1),
         })
+    }
+
+    /// Says where the config came from: with a file, the proxy reloads it on
+    /// [`Reloader::reload`] and when the file changes.
+    pub fn with_source(mut self, source: Source) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// A handle that asks the running proxy to reload its config (SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.reloads.0.clone())
     }
 
     /// The bound address of each listener, by name (useful with port 0).
@@ -114,7 +145,9 @@ impl Proxy {
             metrics,
             listeners,
             admin,
-            mut tls,
+            tls,
+            source,
+            reloads: (reload_tx, mut reload_rx),
         } = self;
         let ready = Arc::new(AtomicBool::new(false));
         let mut span_export = None;
@@ -138,51 +171,56 @@ impl Proxy {
                 Err(e) => tracing::error!(kind = "lifecycle", "Spans will not be exported: {e}."),
             }
         }
-        let shared = Arc::new(runtime::Runtime::new(&config, metrics.clone(), spans, &tls));
+        let routes = config.routes.len();
+        let upstreams = config.upstreams.len();
+        let runtime = runtime::Runtime::new(
+            Arc::new(config),
+            source.hash.as_str().into(),
+            metrics.clone(),
+            spans,
+            &tls,
+            None,
+        );
+        metrics.config_info.with_label_values(&[&source.hash]).set(1);
+        metrics.config_last_reload_success.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         // Inbound and outbound listeners stop at different times (`drain`).
-        let (inbound_stop, inbound_stop_rx) = watch::channel(false);
-        let (outbound_stop, outbound_stop_rx) = watch::channel(false);
         let (inbound_alive, mut inbound_alive_rx) = mpsc::channel::<()>(1);
         let (outbound_alive, mut outbound_alive_rx) = mpsc::channel::<()>(1);
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
 
         // Background tasks run supervised: restarted after a failure, counted, and (for the
         // ones serving needs) reflected in readiness.
         let supervisor = runtime::supervise::Supervisor::new(&metrics);
+        let mut server = server::Server::new(
+            runtime,
+            metrics.clone(),
+            tls,
+            supervisor.clone(),
+            source,
+            (inbound_alive, outbound_alive),
+        );
+        let live = server.live.clone();
         // Resolve DNS endpoints before saying ready, then keep following them.
-        let mut refreshers = Vec::new();
-        for (u, cfg) in shared.upstreams().iter().zip(&config.upstreams) {
-            if u.endpoints.has_names() {
-                u.endpoints.resolve().await;
-                let u = u.clone();
-                let every = cfg.resolve_every;
-                refreshers.push(supervisor.spawn("dns", true, move || {
-                    let u = u.clone();
-                    async move {
-                        let mut tick = tokio::time::interval(every);
-                        tick.tick().await;
-                        loop {
-                            tick.tick().await;
-                            u.endpoints.resolve().await;
-                        }
-                    }
-                }));
-            }
+        server.start_dns().await;
+        let mut tasks = vec![supervisor.spawn("tls_watch", true, server.tls_watch())];
+        if let Some(path) = server.source.path.clone() {
+            let watch = server::source::watch(path, std::time::Duration::from_secs(1), reload_tx.clone());
+            tasks.push(supervisor.spawn("config_watch", false, watch));
         }
-
-        if let Some(watch) = tls.watch(std::time::Duration::from_secs(1)) {
-            refreshers.push(supervisor.spawn("tls_watch", true, watch));
-        }
-
         // One summary line per second for each kind of log line that rate limiting dropped.
-        let limiter = shared.sinks.log_limiter.clone();
-        refreshers.push(supervisor.spawn("log_summary", false, move || {
-            let limiter = limiter.clone();
+        let summarised = live.clone();
+        tasks.push(supervisor.spawn("log_summary", false, move || {
+            let live = summarised.clone();
             async move {
                 let every = std::time::Duration::from_secs(1);
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    limiter.flush(every);
+                    live.load().sinks.log_limiter.flush(every);
                 }
             }
         }));
@@ -194,54 +232,30 @@ impl Proxy {
                 metrics,
                 ready: ready.clone(),
                 level_changes: std::sync::atomic::AtomicU64::new(0),
-                access: config.admin.clone(),
                 shutdown: admin_shutdown.clone(),
-                type_base: config.errors.type_base.as_str().into(),
-                runtime: shared.clone(),
+                live: live.clone(),
                 supervisor: supervisor.clone(),
-                config: Arc::new(config.clone()),
             }),
-            outbound_stop_rx.clone(),
+            admin_stop_rx,
         ));
         tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level /debug/upstreams /debug/routes /debug/config /shutdown.", admin.1);
-        for (i, ((listener, addr), cfg)) in listeners.into_iter().zip(&config.listeners).enumerate() {
-            tracing::info!(
-                kind = "lifecycle",
-                listener = %cfg.name,
-                role = cfg.role.as_str(),
-                address = %addr,
-                "Listener {} ({}) is accepting on {addr}.",
-                cfg.name,
-                cfg.role.as_str()
-            );
-            let (stop, alive) = match cfg.role {
-                Role::Inbound => (inbound_stop_rx.clone(), inbound_alive.clone()),
-                Role::Outbound => (outbound_stop_rx.clone(), outbound_alive.clone()),
-            };
-            tokio::spawn(downstream::listener::accept_loop(
-                listener,
-                i,
-                cfg.limits.clone(),
-                shared.clone(),
-                stop,
-                alive,
-            ));
-        }
-        drop((inbound_alive, outbound_alive));
+        server.start_listeners(listeners);
         ready.store(true, Ordering::Release);
-        tracing::info!(
-            kind = "lifecycle",
-            routes = config.routes.len(),
-            upstreams = config.upstreams.len(),
-            "outrigger is ready."
-        );
+        tracing::info!(kind = "lifecycle", routes, upstreams, "outrigger is ready.");
 
-        // A signal, or `POST /shutdown` on the admin port.
-        tokio::select! {
-            () = shutdown => {}
-            () = admin_shutdown.notified() => {}
+        // Reloads until a signal, or `POST /shutdown` on the admin port. A reload is not
+        // interrupted: it swaps everything or nothing, and its waits are bounded.
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = admin_shutdown.notified() => break,
+                Some(trigger) = reload_rx.recv() => server.reload(trigger).await,
+            }
         }
+        drop(reload_tx);
         ready.store(false, Ordering::Release);
+        let config = live.load().config.clone();
         let has_inbound = config.listeners.iter().any(|l| l.role == Role::Inbound);
         tracing::info!(
             kind = "lifecycle",
@@ -253,24 +267,22 @@ impl Proxy {
         );
         let drain_started = tokio::time::Instant::now();
         let deadline = drain_started + config.drain.delay + config.drain.timeout;
+        server.stop_admitting_connections();
         tokio::time::sleep(config.drain.delay).await;
         // From here on, requests that still reach an inbound connection are told to go elsewhere.
-        shared.draining.store(true, Ordering::Relaxed);
-        let _ = inbound_stop.send(true);
+        live.load().draining.store(true, Ordering::Relaxed);
+        server.stop(Role::Inbound);
         // The app may still be finishing its work, and its calls out must not fail: outbound
         // listeners accept until the inbound side has closed and no outbound request has been
         // seen for `drain.delay`, or until the drain's time is up.
-        outbound_quiet(&shared, &config, &mut inbound_alive_rx, deadline).await;
-        let _ = outbound_stop.send(true);
+        outbound_quiet(&live.load(), &config, &mut inbound_alive_rx, deadline).await;
+        server.stop(Role::Outbound);
+        let _ = admin_stop.send(true);
         let inbound_done = tokio::time::timeout_at(deadline, inbound_alive_rx.recv()).await.is_ok();
         let outbound_done = tokio::time::timeout_at(deadline, outbound_alive_rx.recv())
             .await
             .is_ok();
-        let cut: usize = shared
-            .listeners
-            .iter()
-            .map(|l| l.in_flight.load(Ordering::Relaxed))
-            .sum();
+        let cut = server.in_flight();
         if inbound_done && outbound_done {
             tracing::info!(kind = "lifecycle", "Drained: every connection has finished. Exiting.");
         } else if cut == 0 {
@@ -289,7 +301,8 @@ impl Proxy {
             );
         }
         admin_task.abort();
-        refreshers.iter().for_each(tokio::task::JoinHandle::abort);
+        tasks.iter().for_each(tokio::task::JoinHandle::abort);
+        server.stop_tasks();
         if let Some(task) = span_export {
             // The last spans (the drain's own requests) get a short, bounded chance to leave.
             task.shutdown(std::time::Duration::from_secs(2)).await;
@@ -313,13 +326,7 @@ async fn outbound_quiet(
     inbound_alive: &mut mpsc::Receiver<()>,
     deadline: tokio::time::Instant,
 ) {
-    let outbound: Vec<&runtime::ListenerRt> = config
-        .listeners
-        .iter()
-        .zip(&shared.listeners)
-        .filter(|(c, _)| c.role == Role::Outbound)
-        .map(|(_, l)| l)
-        .collect();
+    let outbound: Vec<&runtime::ListenerRt> = shared.listeners.iter().filter(|l| l.role == Role::Outbound).collect();
     if outbound.is_empty() {
         return;
     }

@@ -59,6 +59,12 @@ pub struct Metrics {
     pub task_restarts: IntCounterVec,
     /// `outrigger_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `outrigger_config_info{hash}` = 1: which config file is live (first 12 hex digits of
+    /// its SHA-256; the built-in config hashes its own text).
+    pub config_info: IntGaugeVec,
+    /// `outrigger_config_last_reload_success_timestamp_seconds`: when the live config was
+    /// applied (the start, until a reload succeeds).
+    pub config_last_reload_success: prometheus::Gauge,
     /// `outrigger_log_lines_suppressed_total{kind}`
     pub log_lines_suppressed: IntCounterVec,
     /// `outrigger_internal_errors_total`: bugs in outrigger, each answered 500 and logged at error.
@@ -229,6 +235,20 @@ impl Metrics {
                 &["route"],
             )?,
             config_reloads,
+            config_info: gauge(
+                &r,
+                "outrigger_config_info",
+                "Always 1; the label is the first 12 hex digits of the SHA-256 of the live config file.",
+                &["hash"],
+            )?,
+            config_last_reload_success: {
+                let g = prometheus::Gauge::new(
+                    "outrigger_config_last_reload_success_timestamp_seconds",
+                    "When the live config was applied (Unix time): the start, then each successful reload.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             task_restarts: counter(
                 &r,
                 "outrigger_task_restarts_total",

@@ -80,8 +80,9 @@ impl ExportSettings {
     }
 }
 
-/// The request path's side of the export: hand a finished span over, never wait.
-#[derive(Debug)]
+/// The request path's side of the export: hand a finished span over, never wait. A clone
+/// feeds the same export (a config reload builds a new runtime around it).
+#[derive(Clone, Debug)]
 pub struct SpanQueue {
     tx: mpsc::Sender<SpanData>,
     scope: InstrumentationScope,

@@ -38,7 +38,7 @@ enum Command {
     /// Run the proxy (without -c: the built-in sidecar config).
     #[command(
         after_help = "Examples:\n  outrigger run\n  outrigger run -c config/outrigger.yaml\n  OUTRIGGER_LOG=debug outrigger run -c my.yaml --workers 1 --log-format pretty\n\n\
-        Signals: SIGTERM/SIGINT drain and exit 0."
+        Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file (it is also reloaded when it changes)."
     )]
     Run {
         /// Config file (YAML). Without it: listen on 0.0.0.0:15001, forward to 127.0.0.1:8080, admin on :15090.
@@ -105,13 +105,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load(path: Option<&PathBuf>) -> Result<outrigger_config::Checked, ConfigError> {
+fn load(path: Option<&PathBuf>) -> Result<outrigger_proxy::LoadedConfig, ConfigError> {
     match path {
-        Some(p) => outrigger_config::load_checked(p),
-        None => outrigger_config::builtin().map(|config| outrigger_config::Checked {
-            config,
-            warnings: Vec::new(),
-        }),
+        Some(p) => outrigger_proxy::read_config(p),
+        None => outrigger_proxy::builtin_config(),
     }
 }
 
@@ -243,7 +240,7 @@ fn table<const N: usize>(rows: &[[String; N]]) -> String {
 }
 
 fn run(path: Option<PathBuf>, workers: Option<u16>) -> ExitCode {
-    let checked = match load(path.as_ref()) {
+    let loaded = match load(path.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -253,9 +250,9 @@ fn run(path: Option<PathBuf>, workers: Option<u16>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = checked.config;
+    let config = loaded.checked.config;
     outrigger_telemetry::logging::init(config.telemetry.logs.level.as_str());
-    for w in &checked.warnings {
+    for w in &loaded.checked.warnings {
         tracing::warn!(kind = "config", file = %w.file, line = w.pos.line, column = w.pos.column, setting = %w.path, fix = %w.fix, "Config warning: {}.", w.message);
     }
     // One worker: a current-thread runtime (no work-stealing queues, no cross-thread wake-ups);
@@ -276,10 +273,14 @@ fn run(path: Option<PathBuf>, workers: Option<u16>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(config, path))
+    let source = outrigger_proxy::Source {
+        path,
+        hash: loaded.hash,
+    };
+    runtime.block_on(serve(config, source))
 }
 
-async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
+async fn serve(config: Config, source: outrigger_proxy::Source) -> ExitCode {
     let metrics = match outrigger_telemetry::Metrics::new(VERSION, COMMIT) {
         Ok(m) => m,
         Err(e) => {
@@ -287,24 +288,27 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let source = path
+    let described = source
+        .path
         .as_ref()
         .map_or_else(|| "the built-in config".to_owned(), |p| p.display().to_string());
+    let hash = source.hash.clone();
     let proxy = match outrigger_proxy::Proxy::bind(config, metrics).await {
-        Ok(p) => p,
+        Ok(p) => p.with_source(source),
         Err(e) => {
             tracing::error!(kind = "lifecycle", error = %e, "outrigger could not start: {e}.");
             eprintln!("error: {e}");
             return ExitCode::from(1);
         }
     };
-    tracing::info!(kind = "lifecycle", version = VERSION, commit = COMMIT, config = %source, "outrigger {VERSION} starting with {source}.");
+    tracing::info!(kind = "lifecycle", version = VERSION, commit = COMMIT, config = %described, hash = %hash, "outrigger {VERSION} starting with {described} (hash {hash}).");
+    let reloader = proxy.reloader();
     let drained = proxy
-        .run(async {
-            shutdown_signal().await;
+        .run(async move {
+            shutdown_signal(&reloader).await;
             // A second signal while draining: the operator wants out now.
-            tokio::spawn(async {
-                shutdown_signal().await;
+            tokio::spawn(async move {
+                shutdown_signal(&reloader).await;
                 tracing::warn!(
                     kind = "lifecycle",
                     "A second signal during the drain: exiting at once (status 1)."
@@ -320,8 +324,8 @@ async fn serve(config: Config, path: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Resolves on SIGTERM or SIGINT. SIGHUP is caught so that it cannot kill the process.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. SIGHUP asks for a config reload.
+async fn shutdown_signal(reloader: &outrigger_proxy::Reloader) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -339,7 +343,8 @@ async fn shutdown_signal() {
             _ = term.recv() => { tracing::info!(kind = "lifecycle", signal = "SIGTERM", "Received SIGTERM."); return; }
             _ = int.recv() => { tracing::info!(kind = "lifecycle", signal = "SIGINT", "Received SIGINT."); return; }
             _ = hup.recv() => {
-                tracing::warn!(kind = "reload", signal = "SIGHUP", "Received SIGHUP: live config reload is not available in this version; the running config stays. Restart to apply a new config.");
+                tracing::info!(kind = "reload", signal = "SIGHUP", "Received SIGHUP: reloading the config.");
+                reloader.reload();
             }
         }
     }

@@ -30,18 +30,14 @@ pub(crate) struct AdminState {
     pub(crate) ready: Arc<AtomicBool>,
     /// Bumped by every log-level change, so a timed revert only undoes its own change.
     pub(crate) level_changes: AtomicU64,
-    /// Who may use `/debug/*` and `/shutdown`.
-    pub(crate) access: outrigger_config::Admin,
     /// `POST /shutdown` starts the drain through this.
     pub(crate) shutdown: Arc<tokio::sync::Notify>,
-    /// The problem `type` prefix (`errors.type_base`).
-    pub(crate) type_base: Arc<str>,
-    /// The live routes and upstreams (`/debug/routes`, `/debug/upstreams`).
-    pub(crate) runtime: Arc<crate::runtime::Runtime>,
+    /// The live runtime: its routes and upstreams (`/debug/routes`, `/debug/upstreams`), its
+    /// config (`/debug/config`, who may use `/debug/*` and `/shutdown`, the problem `type`
+    /// prefix). Loaded per request, so a reload shows at once.
+    pub(crate) live: Arc<crate::runtime::LiveRuntime>,
     /// Background tasks: a needed one that keeps failing turns `/readyz` red.
     pub(crate) supervisor: crate::runtime::supervise::Supervisor,
-    /// The config in effect (`/debug/config`).
-    pub(crate) config: Arc<outrigger_config::Config>,
 }
 
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
@@ -69,8 +65,9 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut sto
 fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let guarded = path.starts_with("/debug/") || path == "/shutdown";
-    if guarded && !state.access.may_debug(peer) {
-        return forbidden(state, req, peer);
+    let runtime = state.live.load_full();
+    if guarded && !runtime.config.admin.may_debug(peer) {
+        return forbidden(&runtime, req, peer);
     }
     if path == "/debug/log_level" {
         return log_level(state, req, peer);
@@ -84,9 +81,9 @@ fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Res
             .query()
             .is_some_and(|q| q.split('&').any(|kv| kv == "format=text"));
         let view = match path {
-            "/debug/upstreams" => upstreams_view(&state.runtime),
-            "/debug/routes" => routes_view(&state.runtime),
-            _ => config_view(&state.config),
+            "/debug/upstreams" => upstreams_view(&runtime),
+            "/debug/routes" => routes_view(&runtime),
+            _ => config_view(&runtime.config, &runtime.hash),
         };
         return if as_text {
             text_owned(StatusCode::OK, view_text(&view))
@@ -208,7 +205,7 @@ fn log_level(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> 
 }
 
 /// 403 `forbidden` as problem+json, like every error outrigger makes.
-fn forbidden(state: &AdminState, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
+fn forbidden(runtime: &crate::runtime::Runtime, req: &Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let err = crate::error::ProxyError::new(crate::error::ErrorKind::AdminForbidden { source: peer });
     let id = crate::http::headers::request_id(req.headers());
     let cx = crate::error::RenderContext {
@@ -218,7 +215,7 @@ fn forbidden(state: &AdminState, req: &Request<Incoming>, peer: IpAddr) -> Respo
         head: req.method() == Method::HEAD,
         html: false,
         trace_id: None,
-        type_base: &state.type_base,
+        type_base: &runtime.type_base,
     };
     crate::error::render(&err, &cx).map(Full::new)
 }

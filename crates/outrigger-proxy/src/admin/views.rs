@@ -102,7 +102,7 @@ fn dur(d: std::time::Duration) -> String {
 
 /// `/debug/config`: the config in effect, every default filled in. File paths are shown,
 /// never the files' contents (keys); a URL's user and password are left out.
-pub(super) fn config_view(c: &Config) -> Value {
+pub(super) fn config_view(c: &Config, hash: &str) -> Value {
     let listeners: Vec<Value> = c
         .listeners
         .iter()
@@ -199,6 +199,7 @@ pub(super) fn config_view(c: &Config) -> Value {
         .collect();
     let t = &c.telemetry;
     json!({
+        "hash": hash,
         "listeners": listeners,
         "admin": {
             "address": c.admin.address.to_string(),

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use outrigger_config::ListenerLimits;
 
 use crate::path::ConnCtx;
-use crate::runtime::Runtime;
+use crate::runtime::{LiveRuntime, Runtime};
 use crate::sys::net::{Socket, Tcp};
 use crate::tls::PeerIdentity;
 use crate::tls::rotate::LiveServer;
@@ -71,52 +71,83 @@ impl HttpServer {
     }
 }
 
-/// Accepts connections until `stop` turns true; each connection holds a clone of `alive`
-/// until it has closed, so the caller can wait for them all.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    index: usize,
-    limits: ListenerLimits,
-    shared: Arc<Runtime>,
-    mut stop: watch::Receiver<bool>,
-    alive: mpsc::Sender<()>,
-) {
-    let builder = Arc::new(HttpServer::new(&limits));
-    let handshakes = shared.listeners[index].tls.as_ref().map(|live| {
-        Arc::new(Handshakes::new(
-            live.clone(),
-            &shared.listeners[index].name,
-            &shared.metrics,
-        ))
-    });
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly instead of spinning.
-                tracing::warn!(kind = "listener", error = %e, "Accepting a connection failed; retrying in 50ms.");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+/// One listener's accept loop, as the server starts it (again after a reload that changed
+/// its settings but not its address).
+pub(crate) struct AcceptLoop {
+    /// The bound socket.
+    pub(crate) socket: TcpListener,
+    /// The listener's name, as the runtime holds it.
+    pub(crate) name: Arc<str>,
+    /// Its limits.
+    pub(crate) limits: ListenerLimits,
+    /// Its TLS, when it terminates TLS.
+    pub(crate) tls: Option<Arc<LiveServer>>,
+}
+
+/// How an accept loop ended.
+pub(crate) enum Ended {
+    /// Asked to stop: the socket is closed.
+    Stopped,
+    /// Asked to hand its socket over (a reload changed the listener's settings): the socket
+    /// is still bound and keeps its backlog, so no connection attempt is refused meanwhile.
+    HandedOver(TcpListener),
+}
+
+impl AcceptLoop {
+    /// Accepts connections until `stop` turns true (then the socket closes) or `handover`
+    /// fires (then the socket is returned). Each connection holds a clone of `alive` until
+    /// it has closed, so the caller can wait for them all, and watches `stop` to close
+    /// gracefully. Every request reads the runtime that is live when it arrives.
+    pub(crate) async fn run(
+        self,
+        live: Arc<LiveRuntime>,
+        mut stop: watch::Receiver<bool>,
+        mut handover: tokio::sync::oneshot::Receiver<()>,
+        alive: mpsc::Sender<()>,
+    ) -> Ended {
+        let AcceptLoop {
+            socket,
+            name,
+            limits,
+            tls,
+        } = self;
+        let builder = Arc::new(HttpServer::new(&limits));
+        let handshakes = tls.map(|live_tls| Arc::new(Handshakes::new(live_tls, &name, &live.load().metrics)));
+        let mut hint = 0;
+        loop {
+            let accepted = tokio::select! {
+                r = socket.accept() => r,
+                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+                _ = &mut handover => return Ended::HandedOver(socket),
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(kind = "listener", error = %e, "Accepting a connection failed; retrying in 50ms.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            if let Some((i, _)) = live.load().listener(&name, hint) {
+                hint = i;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            Accepted {
-                stream,
-                peer,
-                listener: index,
-                handshakes: handshakes.clone(),
-            },
-            shared.clone(),
-            builder.clone(),
-            limits.idle_timeout,
-            stop.clone(),
-            alive.clone(),
-        ));
+            tokio::spawn(serve_connection(
+                Accepted {
+                    stream,
+                    peer,
+                    listener: name.clone(),
+                    hint,
+                    handshakes: handshakes.clone(),
+                },
+                live.clone(),
+                builder.clone(),
+                limits.idle_timeout,
+                stop.clone(),
+                alive.clone(),
+            ));
+        }
     }
 }
 
@@ -124,7 +155,9 @@ pub(crate) async fn accept_loop(
 struct Accepted {
     stream: TcpStream,
     peer: SocketAddr,
-    listener: usize,
+    listener: Arc<str>,
+    /// The listener's index in the live runtime.
+    hint: usize,
     /// The listener's TLS, when it terminates TLS.
     handshakes: Option<Arc<Handshakes>>,
 }
@@ -279,13 +312,18 @@ impl Handshakes {
 
 async fn serve_connection(
     accepted: Accepted,
-    shared: Arc<Runtime>,
+    live: Arc<LiveRuntime>,
     builder: Arc<HttpServer>,
     idle_timeout: Duration,
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
-    let (peer, listener, tls) = (accepted.peer, accepted.listener, accepted.handshakes.is_some());
+    let (peer, listener, hint, tls) = (
+        accepted.peer,
+        accepted.listener.clone(),
+        accepted.hint,
+        accepted.handshakes.is_some(),
+    );
     let opened = tokio::select! {
         biased;
         _ = stop.wait_for(|s| *s) => return,
@@ -301,6 +339,7 @@ async fn serve_connection(
     };
     let ctx = Arc::new(ConnCtx {
         listener,
+        listener_hint: hint,
         active: Arc::new(AtomicUsize::new(0)),
         forwarding: crate::http::headers::Forwarding::new(peer.ip(), if tls { "https" } else { "http" }),
         identity,
@@ -329,7 +368,7 @@ async fn serve_connection(
         let service = service_fn(move |req| {
             // A whole head has arrived: its clock stops.
             traffic.head_ticks.store(0, Ordering::Relaxed);
-            respond(shared.clone(), ctx.clone(), req)
+            respond(live.load_full(), ctx.clone(), req)
         });
         let conn = builder.http1.serve_connection(io, service).with_upgrades();
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
@@ -338,14 +377,18 @@ async fn serve_connection(
         // not moved into the stream and then into the task. Written into an uninitialized box
         // because `Box::pin` copies it twice on the way (docs/performance.md).
         let service = service_fn(move |req| {
-            Box::into_pin(Box::write(Box::new_uninit(), respond(shared.clone(), ctx.clone(), req)))
+            Box::into_pin(Box::write(
+                Box::new_uninit(),
+                respond(live.load_full(), ctx.clone(), req),
+            ))
         });
         let conn = builder.http2.serve_connection(io, service);
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
     }
 }
 
-/// Answers one request; a panic inside becomes a 500 for this request only.
+/// Answers one request with `shared`, the runtime live at its arrival; a panic inside
+/// becomes a 500 for this request only.
 async fn respond(
     shared: Arc<Runtime>,
     ctx: Arc<ConnCtx>,

@@ -18,13 +18,14 @@ use super::ConnCtx;
 impl Runtime {
     /// The request's listener, once it has admitted the request: not while draining (inbound
     /// listeners), and only within its `max_in_flight` (no queue: 503 `overloaded` beyond).
-    /// The admission slot is held by the request's record until it is finished.
-    pub(super) fn admit(&self, conn: &ConnCtx, done: &mut Completion) -> Result<&ListenerRt, ProxyError> {
-        let listener = self.listeners.get(conn.listener).ok_or_else(|| {
-            ProxyError::new(ErrorKind::internal(
-                "the connection names a listener this config does not have",
-            ))
-        })?;
+    /// The admission slot is held by the request's record until it is finished. Returns the
+    /// listener and its index in this runtime.
+    pub(super) fn admit(&self, conn: &ConnCtx, done: &mut Completion) -> Result<(usize, &ListenerRt), ProxyError> {
+        // A reload removed the listener: its connections are closing; the client retries on
+        // a new one.
+        let (index, listener) = self
+            .listener(&conn.listener, conn.listener_hint)
+            .ok_or(ProxyError::new(ErrorKind::ShuttingDown))?;
         if listener.role == Role::Inbound && self.draining.load(Ordering::Relaxed) {
             return Err(ProxyError::new(ErrorKind::ShuttingDown));
         }
@@ -32,7 +33,7 @@ impl Runtime {
             limit: listener.max_in_flight,
         }))?;
         done.admitted = Some(admitted);
-        Ok(listener)
+        Ok((index, listener))
     }
 }
 

@@ -47,8 +47,12 @@ use rewrite::Target;
 
 /// Facts about the client connection a request arrived on.
 pub(crate) struct ConnCtx {
-    /// Index of the listener in the config.
-    pub listener: usize,
+    /// The listener's name: a reload may reorder or remove listeners, so a request finds
+    /// its listener in the live runtime by name.
+    pub listener: Arc<str>,
+    /// The listener's index in the runtime that was live when the connection was accepted
+    /// (almost always still right: checked, then used without a search).
+    pub listener_hint: usize,
     /// Requests in flight on this connection (the idle timeout only closes at zero).
     pub active: Arc<AtomicUsize>,
     /// The forwarding header values for this peer, made once.
@@ -145,9 +149,9 @@ impl Runtime {
         carried: headers::Carried,
         done: &mut Completion,
     ) -> Result<(&ListenerRt, Arc<RouteRt>, bool), ProxyError> {
-        let listener = self.admit(conn, done)?;
+        let (index, listener) = self.admit(conn, done)?;
         admit::guard(req, listener)?;
-        let (route, absolute_form) = self.route(req, conn.listener, conn.identity.as_ref(), carried, done)?;
+        let (route, absolute_form) = self.route(req, index, conn.identity.as_ref(), carried, done)?;
         Ok((listener, route, absolute_form))
     }
 }

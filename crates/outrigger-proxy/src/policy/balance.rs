@@ -136,11 +136,15 @@ pub(crate) enum Health {
 impl Endpoints {
     /// Endpoints from config: IP endpoints are used as they are; DNS names are resolved by
     /// [`Endpoints::resolve`] (called once before serving and then every `resolve_every`).
+    /// `previous`: the upstream's endpoints before a reload that left its connection settings
+    /// alone; an endpoint still listed keeps its pool, estimate and ejection (for a DNS name,
+    /// its last addresses until it is resolved again).
     pub(crate) fn new(
         cfg: &Upstream,
         tls: Option<Arc<crate::tls::rotate::LiveClient>>,
         ejections: IntCounter,
         healthy: IntGauge,
+        previous: Option<&Endpoints>,
     ) -> Self {
         let settings = PoolSettings {
             connect_timeout: cfg.connect_timeout,
@@ -162,16 +166,31 @@ impl Endpoints {
             eject_for: od.eject_for,
             max_ejected_percent: od.max_ejected_percent,
         };
-        let ips: Vec<Arc<EndpointRt>> = cfg
-            .endpoints
-            .iter()
-            .filter_map(|e| {
-                e.host
-                    .parse::<std::net::IpAddr>()
-                    .ok()
-                    .map(|ip| Arc::new(EndpointRt::new(SocketAddr::new(ip, e.port), None, settings.clone())))
-            })
-            .collect();
+        let before = previous.map(|p| p.current.load_full()).unwrap_or_default();
+        let mut ips: Vec<Arc<EndpointRt>> = Vec::with_capacity(cfg.endpoints.len());
+        for e in &cfg.endpoints {
+            match e.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => {
+                    let addr = SocketAddr::new(ip, e.port);
+                    if ips.iter().any(|x| x.pool.addr() == addr) {
+                        continue;
+                    }
+                    let kept = before
+                        .iter()
+                        .find(|x| x.pool.addr() == addr && x.pool.dns_name().is_none());
+                    ips.push(
+                        kept.cloned()
+                            .unwrap_or_else(|| Arc::new(EndpointRt::new(addr, None, settings.clone()))),
+                    );
+                }
+                Err(_) => ips.extend(
+                    before
+                        .iter()
+                        .filter(|x| x.pool.addr().port() == e.port && x.pool.dns_name() == Some(e.host.as_str()))
+                        .cloned(),
+                ),
+            }
+        }
         healthy.set(ips.len() as i64);
         Endpoints {
             upstream: cfg.name.as_str().into(),
@@ -206,7 +225,7 @@ impl Endpoints {
                         tracing::warn!(kind = "dns", upstream = %self.upstream, name = %e.host, error = %err,
                             "Could not resolve {} for upstream '{}'; keeping its previous addresses.", e.host, self.upstream);
                         old.iter()
-                            .filter(|x| x.pool.label().ends_with(&format!("({})", e.host)))
+                            .filter(|x| x.pool.dns_name() == Some(e.host.as_str()))
                             .map(|x| x.pool.addr())
                             .collect()
                     }
@@ -365,7 +384,7 @@ mod tests {
         let config = outrigger_config::from_yaml(yaml, "t.yaml", &|_| None).expect("valid");
         let ejections = IntCounter::new("e", "e").expect("counter");
         let healthy = IntGauge::new("h", "h").expect("gauge");
-        Endpoints::new(&config.upstreams[0], None, ejections, healthy)
+        Endpoints::new(&config.upstreams[0], None, ejections, healthy, None)
     }
 
     fn port(e: &EndpointRt) -> String {
@@ -424,7 +443,7 @@ mod tests {
         let config = outrigger_config::from_yaml(&yaml, "t.yaml", &|_| None).expect("valid");
         let ejections = IntCounter::new("e", "e").expect("counter");
         let healthy = IntGauge::new("h", "h").expect("gauge");
-        Endpoints::new(&config.upstreams[0], None, ejections, healthy)
+        Endpoints::new(&config.upstreams[0], None, ejections, healthy, None)
     }
 
     /// Sequential traffic (one request at a time) to endpoints whose latency is `answer(port)`

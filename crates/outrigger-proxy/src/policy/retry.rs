@@ -1,7 +1,7 @@
 //! A route's retry policy at run time: which failures may be retried, for which methods,
 //! how long to wait, and the budget that keeps retries from amplifying an outage.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
@@ -72,7 +72,8 @@ pub(crate) enum Decision {
 /// A route's retry state.
 pub(crate) struct RetryRt {
     policy: Option<Retry>,
-    budget: Mutex<RetryBudget>,
+    /// Shared with the route's next runtime when a reload leaves the budget's settings alone.
+    budget: Arc<Mutex<RetryBudget>>,
     counters: [IntCounter; 7],
     exhausted: IntCounter,
 }
@@ -87,14 +88,26 @@ pub(crate) fn idempotent(m: &Method) -> bool {
 
 impl RetryRt {
     /// The retry state of route `route` (`policy: None` = one attempt, but the keep-alive
-    /// race is still handled).
-    pub(crate) fn new(route: &str, policy: Option<Retry>, retries: &IntCounterVec, exhausted: IntCounter) -> Self {
+    /// race is still handled). `previous`: the route's retry state before a reload; its
+    /// budget (what recent traffic earned and spent) is kept when its settings are the same.
+    pub(crate) fn new(
+        route: &str,
+        policy: Option<Retry>,
+        retries: &IntCounterVec,
+        exhausted: IntCounter,
+        previous: Option<&RetryRt>,
+    ) -> Self {
         let (ratio, floor) = policy
             .as_ref()
             .map_or((0.2, 10.0), |p| (p.budget.ratio, p.budget.min_per_second));
+        let same_budget = |p: &&RetryRt| p.policy.as_ref().map(|x| &x.budget) == policy.as_ref().map(|x| &x.budget);
+        let budget = previous.filter(same_budget).map_or_else(
+            || Arc::new(Mutex::new(RetryBudget::new(ratio, floor, Instant::now().into_std()))),
+            |p| p.budget.clone(),
+        );
         RetryRt {
             policy,
-            budget: Mutex::new(RetryBudget::new(ratio, floor, Instant::now().into_std())),
+            budget,
             counters: Reason::ALL.map(|r| retries.with_label_values(&[route, r.as_str()])),
             exhausted,
         }
@@ -251,7 +264,7 @@ mod tests {
             },
         };
         let retries = IntCounterVec::new(prometheus::Opts::new("r", "r"), &["route", "reason"]).unwrap();
-        RetryRt::new("r", Some(policy), &retries, IntCounter::new("e", "e").unwrap())
+        RetryRt::new("r", Some(policy), &retries, IntCounter::new("e", "e").unwrap(), None)
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! router, listeners with their admission limits, upstreams with their breakers, balancers
 //! and pools, and where finished requests are recorded. The request path (`crate::path`)
 //! reads it; nothing here handles a request.
+//!
+//! A reload builds the next runtime from the previous one: what did not change is carried
+//! over (an upstream's pools, breaker, ejections and latency estimates; a route's retry
+//! budget; a listener's admission counters), so a reload loses no state that traffic built.
 
 pub(crate) mod supervise;
 pub(crate) mod upstream;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -58,9 +62,11 @@ pub(crate) struct ListenerRt {
     /// Largest request head.
     pub max_header_bytes: usize,
     pub(crate) max_in_flight: usize,
+    /// Requests in flight, kept across reloads (a request holds its slot until it ends,
+    /// whichever config it started under).
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Requests admitted so far (the drain watches the outbound side go quiet).
-    pub(crate) admitted: std::sync::atomic::AtomicU64,
+    pub(crate) admitted: Arc<AtomicU64>,
     /// A client body that sends nothing for this long is cut off (408).
     pub(crate) body_idle: Duration,
     /// The listener's name (logs, the handshake failure metric).
@@ -80,8 +86,16 @@ impl ListenerRt {
     }
 }
 
+/// The runtime in use: each request loads it once; a reload swaps it. Requests in flight
+/// finish on the runtime they loaded.
+pub(crate) type LiveRuntime = arc_swap::ArcSwap<Runtime>;
+
 /// Everything the request path needs, built once from a config.
 pub(crate) struct Runtime {
+    /// The config this was built from (`/debug/config`, the admin access list, the drain).
+    pub(crate) config: Arc<Config>,
+    /// The first 12 hex digits of the SHA-256 of the config file (`outrigger_config_info`).
+    pub(crate) hash: Arc<str>,
     pub(crate) router: Router<Arc<RouteRt>>,
     /// The routes in match order, with their config (`/debug/routes`).
     pub(crate) routes: Vec<(outrigger_config::Route, Arc<RouteRt>)>,
@@ -106,23 +120,23 @@ impl Runtime {
     /// Compiles a validated config into the runtime form.
     /// `spans`: where finished spans go, when `telemetry.tracing.otlp_endpoint` is set.
     /// `tls`: the listeners' and upstreams' TLS configs, loaded.
+    /// `previous`: the runtime this one replaces (a reload), whose state is carried over
+    /// where the config did not change.
     pub(crate) fn new(
-        config: &Config,
+        config: Arc<Config>,
+        hash: Arc<str>,
         metrics: Metrics,
         spans: Option<outrigger_telemetry::spans::SpanQueue>,
         tls: &crate::tls::rotate::Live,
+        previous: Option<&Runtime>,
     ) -> Self {
         let upstreams: Vec<Arc<UpstreamRt>> = config
             .upstreams
             .iter()
             .zip(&tls.upstreams)
             .map(|(u, live)| {
-                Arc::new(UpstreamRt::new(
-                    u,
-                    &config.telemetry.latency_inflation,
-                    &metrics,
-                    live.clone(),
-                ))
+                let before = previous.and_then(|p| p.upstreams.iter().find(|x| *x.name == *u.name));
+                UpstreamRt::carried(u, &config.telemetry.latency_inflation, &metrics, live.clone(), before)
             })
             .collect();
         let routes: Vec<(outrigger_config::Route, Vec<usize>, Arc<RouteRt>)> = config
@@ -137,6 +151,7 @@ impl Runtime {
                     .map(|l| config.listeners.iter().position(|x| &x.name == l).into_iter().collect())
                     .unwrap_or_default();
                 let name = r.name.as_str();
+                let before = previous.and_then(|p| p.routes.iter().find(|(c, _)| c.name == r.name));
                 let rt = RouteRt {
                     name: name.into(),
                     upstream: upstreams[i].clone(),
@@ -160,6 +175,7 @@ impl Runtime {
                         r.retry.clone(),
                         &metrics.retries,
                         metrics.retry_budget_exhausted.with_label_values(&[name]),
+                        before.map(|(_, rt)| &rt.retry),
                     ),
                     fallback: r.fallback.as_ref().map(|f| FallbackRt {
                         status: StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
@@ -176,6 +192,20 @@ impl Runtime {
             })
             .collect();
         let suppressed = metrics.log_lines_suppressed.clone();
+        let rate_limit = &config.telemetry.logs.rate_limit;
+        // Lines already held back by the limiter are summarised by the limiter that counted them.
+        let log_limiter = previous
+            .filter(|p| p.config.telemetry.logs.rate_limit == *rate_limit)
+            .map_or_else(
+                || {
+                    Arc::new(outrigger_telemetry::ratelimit::LogLimiter::new(
+                        rate_limit.per_second,
+                        rate_limit.burst,
+                        suppressed,
+                    ))
+                },
+                |p| p.sinks.log_limiter.clone(),
+            );
         Runtime {
             routes: routes.iter().map(|(cfg, _, rt)| (cfg.clone(), rt.clone())).collect(),
             router: Router::new(routes),
@@ -183,15 +213,20 @@ impl Runtime {
                 .listeners
                 .iter()
                 .zip(&tls.listeners)
-                .map(|(l, live)| ListenerRt {
-                    name: l.name.as_str().into(),
-                    tls: live.clone(),
-                    role: l.role,
-                    max_header_bytes: l.limits.max_header_bytes,
-                    max_in_flight: l.limits.max_in_flight,
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                    admitted: std::sync::atomic::AtomicU64::new(0),
-                    body_idle: l.limits.idle_timeout,
+                .map(|(l, live)| {
+                    // Counters follow the listener's name: requests admitted under the old
+                    // config still count against the limit and the drain.
+                    let before = previous.and_then(|p| p.listeners.iter().find(|x| *x.name == *l.name));
+                    ListenerRt {
+                        name: before.map_or_else(|| l.name.as_str().into(), |b| b.name.clone()),
+                        tls: live.clone(),
+                        role: l.role,
+                        max_header_bytes: l.limits.max_header_bytes,
+                        max_in_flight: l.limits.max_in_flight,
+                        in_flight: before.map_or_else(Arc::default, |b| b.in_flight.clone()),
+                        admitted: before.map_or_else(Arc::default, |b| b.admitted.clone()),
+                        body_idle: l.limits.idle_timeout,
+                    }
                 })
                 .collect(),
             upstreams,
@@ -199,11 +234,7 @@ impl Runtime {
                 metrics: metrics.clone(),
                 access_log: config.telemetry.logs.access_log,
                 access_sample_ratio: config.telemetry.logs.access_sample_ratio,
-                log_limiter: Arc::new(outrigger_telemetry::ratelimit::LogLimiter::new(
-                    config.telemetry.logs.rate_limit.per_second,
-                    config.telemetry.logs.rate_limit.burst,
-                    suppressed,
-                )),
+                log_limiter,
                 redact_query: config
                     .telemetry
                     .logs
@@ -226,6 +257,18 @@ impl Runtime {
                 .contains(&outrigger_config::Propagation::B3),
             sample_ratio: config.telemetry.tracing.sample_ratio,
             draining: std::sync::atomic::AtomicBool::new(false),
+            config,
+            hash,
+        }
+    }
+
+    /// The listener a connection was accepted on, found by name: a reload may have reordered
+    /// the listeners (`hint` is its index when the connection was accepted). `None`: a reload
+    /// removed it.
+    pub(crate) fn listener(&self, name: &Arc<str>, hint: usize) -> Option<(usize, &ListenerRt)> {
+        match self.listeners.get(hint) {
+            Some(l) if Arc::ptr_eq(&l.name, name) => Some((hint, l)),
+            _ => self.listeners.iter().enumerate().find(|(_, l)| *l.name == **name),
         }
     }
 

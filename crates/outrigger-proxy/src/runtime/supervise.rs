@@ -31,6 +31,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A needed task counted as failing; stopping the task (a reload that no longer needs it)
+/// uncounts it, so readiness does not stay off for a task that is gone.
+struct Marked {
+    failing: Arc<AtomicUsize>,
+    on: bool,
+}
+
+impl Marked {
+    fn set(&mut self, on: bool) {
+        if on != self.on {
+            self.on = on;
+            if on {
+                self.failing.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.failing.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Marked {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const LONGEST_PAUSE: Duration = Duration::from_secs(30);
 /// A task that runs this long without failing is well again.
@@ -72,7 +98,7 @@ impl Supervisor {
         tokio::spawn(async move {
             let mut pause = FIRST_PAUSE;
             let mut recent: Vec<Instant> = Vec::new();
-            let mut marked = false;
+            let mut marked = Marked { failing, on: false };
             loop {
                 let hook = panics_left > 0;
                 panics_left = panics_left.saturating_sub(1);
@@ -89,13 +115,12 @@ impl Supervisor {
                 let result = loop {
                     tokio::select! {
                         r = &mut run => break r,
-                        () = tokio::time::sleep_until(started + HEALTHY_AFTER), if marked || pause > FIRST_PAUSE => {
+                        () = tokio::time::sleep_until(started + HEALTHY_AFTER), if marked.on || pause > FIRST_PAUSE => {
                             // A minute without failing: well again.
                             pause = FIRST_PAUSE;
                             recent.clear();
-                            if marked {
-                                marked = false;
-                                failing.fetch_sub(1, Ordering::Relaxed);
+                            if marked.on {
+                                marked.set(false);
                                 tracing::info!(kind = "task", task = name, "Background task {name} has run for a minute without failing.");
                             }
                         }
@@ -117,9 +142,8 @@ impl Supervisor {
                 let now = Instant::now();
                 recent.retain(|t| now.saturating_duration_since(*t) < HEALTHY_AFTER);
                 recent.push(now);
-                if needed && !marked && recent.len() >= FAILING_AFTER {
-                    marked = true;
-                    failing.fetch_add(1, Ordering::Relaxed);
+                if needed && recent.len() >= FAILING_AFTER {
+                    marked.set(true);
                 }
                 tracing::error!(
                     kind = "task",
@@ -128,7 +152,7 @@ impl Supervisor {
                     restart_in_ms = pause.as_millis() as u64,
                     "Background task {name} failed ({why}); restarting it in {}{}.",
                     outrigger_resilience::humanize(pause),
-                    if marked { "; readiness is off until it runs well again" } else { "" }
+                    if marked.on { "; readiness is off until it runs well again" } else { "" }
                 );
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(LONGEST_PAUSE);

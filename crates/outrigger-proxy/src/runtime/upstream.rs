@@ -29,7 +29,9 @@ pub(crate) struct UpstreamRt {
     protocol: Protocol,
     idle_timeout: Duration,
     races: Mutex<RaceTracker>,
-    latency: LatencyWatch,
+    latency: Arc<LatencyWatch>,
+    /// The settings it was built from (a reload compares them to the new ones).
+    pub(crate) config: Upstream,
     /// `http_client_request_duration_seconds` of attempts that got a response head.
     pub(crate) answered: Arc<crate::record::series::SuccessSeries>,
 }
@@ -58,14 +60,45 @@ pub(crate) struct AttemptResponse {
 }
 
 impl UpstreamRt {
-    /// Builds the runtime form of a configured upstream. No connection is made yet.
-    pub(crate) fn new(
+    /// The runtime form of a configured upstream (no connection is made yet), given the one
+    /// of the same name before a reload:
+    /// the very same one when none of its settings changed (pools, breaker, ejections and
+    /// latency estimates all kept); otherwise a new one that still keeps the breaker when the
+    /// breaker's settings are the same, the latency baseline when its settings are the same,
+    /// and each endpoint still listed (its pool, ejection and estimate) when the connection
+    /// settings are the same.
+    pub(crate) fn carried(
         cfg: &Upstream,
         inflation: &LatencyInflation,
         metrics: &Metrics,
         tls: Option<Arc<crate::tls::rotate::LiveClient>>,
+        previous: Option<&Arc<UpstreamRt>>,
+    ) -> Arc<Self> {
+        match previous {
+            Some(p) if p.config == *cfg && p.latency.settings == *inflation => p.clone(),
+            _ => Arc::new(Self::build(cfg, inflation, metrics, tls, previous.map(|p| &**p))),
+        }
+    }
+
+    fn build(
+        cfg: &Upstream,
+        inflation: &LatencyInflation,
+        metrics: &Metrics,
+        tls: Option<Arc<crate::tls::rotate::LiveClient>>,
+        previous: Option<&UpstreamRt>,
     ) -> Self {
         let name = cfg.name.as_str();
+        let same_connections = |p: &&UpstreamRt| {
+            let was = &p.config;
+            (was.protocol, was.connect_timeout, &was.pool, &was.tls)
+                == (cfg.protocol, cfg.connect_timeout, &cfg.pool, &cfg.tls)
+        };
+        let circuit = previous
+            .filter(|p| p.config.circuit_breaker == cfg.circuit_breaker)
+            .map(|p| p.circuit.clone());
+        let latency = previous
+            .filter(|p| p.latency.settings == *inflation)
+            .map(|p| p.latency.clone());
         UpstreamRt {
             name: name.into(),
             endpoints: Endpoints::new(
@@ -73,13 +106,16 @@ impl UpstreamRt {
                 tls,
                 metrics.outlier_ejections.with_label_values(&[name]),
                 metrics.endpoints_healthy.with_label_values(&[name]),
+                previous.filter(same_connections).map(|p| &p.endpoints),
             ),
-            circuit: Arc::new(Circuit::new(
-                name,
-                &cfg.circuit_breaker,
-                metrics.breaker_state.with_label_values(&[name]),
-                metrics.breaker_transitions.clone(),
-            )),
+            circuit: circuit.unwrap_or_else(|| {
+                Arc::new(Circuit::new(
+                    name,
+                    &cfg.circuit_breaker,
+                    metrics.breaker_state.with_label_values(&[name]),
+                    metrics.breaker_transitions.clone(),
+                ))
+            }),
             protocol: cfg.protocol,
             idle_timeout: cfg.pool.idle_timeout,
             races: Mutex::new(RaceTracker::default()),
@@ -88,23 +124,28 @@ impl UpstreamRt {
                 name,
                 1,
             )),
-            latency: LatencyWatch {
-                baseline: Mutex::new(LatencyBaseline::new(
-                    InflationSettings {
-                        baseline: inflation.baseline,
-                        recent: inflation.recent,
-                        alert_ratio: if inflation.alert_ratio > 0.0 {
-                            inflation.alert_ratio
-                        } else {
-                            f64::INFINITY
-                        },
-                    },
-                    Instant::now().into_std(),
-                )),
-                ratio: metrics.latency_inflation.with_label_values(&[name]),
-                settings: inflation.clone(),
-            },
+            config: cfg.clone(),
+            latency: latency.unwrap_or_else(|| Self::latency_watch(name, inflation, metrics)),
         }
+    }
+
+    fn latency_watch(name: &str, inflation: &LatencyInflation, metrics: &Metrics) -> Arc<LatencyWatch> {
+        Arc::new(LatencyWatch {
+            baseline: Mutex::new(LatencyBaseline::new(
+                InflationSettings {
+                    baseline: inflation.baseline,
+                    recent: inflation.recent,
+                    alert_ratio: if inflation.alert_ratio > 0.0 {
+                        inflation.alert_ratio
+                    } else {
+                        f64::INFINITY
+                    },
+                },
+                Instant::now().into_std(),
+            )),
+            ratio: metrics.latency_inflation.with_label_values(&[name]),
+            settings: inflation.clone(),
+        })
     }
 
     /// Folds one attempt's time to its response head (or to its timeout) into the latency

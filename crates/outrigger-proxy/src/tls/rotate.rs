@@ -35,7 +35,13 @@ pub(crate) struct LiveClient {
 pub(crate) struct Live {
     pub(crate) listeners: Vec<Option<Arc<LiveServer>>>,
     pub(crate) upstreams: Vec<Option<Arc<LiveClient>>>,
-    watched: Vec<Watched>,
+    /// What the watch task looks at: shared by every `Live` of the process (a reload swaps
+    /// its contents when it commits).
+    watched: Arc<std::sync::Mutex<Vec<Watched>>>,
+    /// Built for this config and not watched yet (until [`Live::commit`]).
+    fresh: Vec<Watched>,
+    /// Entries of the watched list this config keeps (scope, name).
+    kept: Vec<(&'static str, String)>,
 }
 
 /// The expiry gauge of an upstream: the earlier of outrigger's own client certificate and
@@ -63,6 +69,8 @@ enum What {
         tls: ListenerTls,
         live: Arc<LiveServer>,
         expiry: Gauge,
+        /// When the certificate in use expires (shown once the config is committed).
+        not_after: i64,
     },
     Upstream {
         tls: UpstreamTls,
@@ -97,24 +105,50 @@ impl Live {
     /// Builds every listener's and upstream's TLS config from its files: the first problem
     /// stops the start.
     pub(crate) fn load(config: &Config, metrics: &Metrics) -> Result<Live, TlsError> {
+        let mut live = Live {
+            listeners: Vec::new(),
+            upstreams: Vec::new(),
+            watched: Arc::default(),
+            fresh: Vec::new(),
+            kept: Vec::new(),
+        }
+        .next(config, metrics)?;
+        live.commit(metrics);
+        Ok(live)
+    }
+
+    /// The TLS configs of `config` for a reload: a listener or upstream whose `tls` settings
+    /// are the same as now keeps its live config (and its watch); the others are built from
+    /// their files (the first problem rejects the reload). Nothing changes for the running
+    /// proxy until [`Live::commit`].
+    pub(crate) fn next(&self, config: &Config, metrics: &Metrics) -> Result<Live, TlsError> {
         let now = unix_now();
-        let mut watched = Vec::new();
+        let running = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut fresh, mut kept) = (Vec::new(), Vec::new());
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             let Some(tls) = &l.tls else {
                 listeners.push(None);
                 continue;
             };
+            let same = running.iter().find_map(|w| match &w.what {
+                What::Listener { tls: t, live, .. } if w.name == l.name && t == tls => Some(live.clone()),
+                _ => None,
+            });
+            if let Some(live) = same {
+                kept.push(("listener", l.name.clone()));
+                listeners.push(Some(live));
+                continue;
+            }
             let built = server(tls, &format!("listener '{}'", l.name), now)?;
             let expiry = metrics.tls_certificate_expiry.with_label_values(&["listener", &l.name]);
-            expiry.set(built.not_after as f64);
             let live = Arc::new(ArcSwap::new(built.config));
             let files: Vec<PathBuf> = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
                 .into_iter()
                 .flatten()
                 .cloned()
                 .collect();
-            watched.push(Watched::new(
+            fresh.push(Watched::new(
                 "listener",
                 &l.name,
                 files,
@@ -122,6 +156,7 @@ impl Live {
                     tls: tls.clone(),
                     live: live.clone(),
                     expiry,
+                    not_after: built.not_after,
                 },
                 metrics,
             ));
@@ -133,6 +168,15 @@ impl Live {
                 upstreams.push(None);
                 continue;
             };
+            let same = running.iter().find_map(|w| match &w.what {
+                What::Upstream { tls: t, live, .. } if w.name == u.name && t == tls => Some(live.clone()),
+                _ => None,
+            });
+            if let Some(live) = same {
+                kept.push(("upstream", u.name.clone()));
+                upstreams.push(Some(live));
+                continue;
+            }
             let expiry = Arc::new(UpstreamExpiry {
                 own: AtomicI64::new(i64::MAX),
                 presented: AtomicI64::new(i64::MAX),
@@ -140,7 +184,6 @@ impl Live {
             });
             let built = client(tls, &format!("upstream '{}'", u.name), seen(&expiry))?;
             expiry.own.store(built.not_after.unwrap_or(i64::MAX), Ordering::Relaxed);
-            expiry.update();
             let live = Arc::new(LiveClient {
                 http1: ArcSwap::new(built.http1),
                 http2: ArcSwap::new(built.http2),
@@ -150,7 +193,7 @@ impl Live {
                 .flatten()
                 .cloned()
                 .collect();
-            watched.push(Watched::new(
+            fresh.push(Watched::new(
                 "upstream",
                 &u.name,
                 files,
@@ -166,23 +209,44 @@ impl Live {
         Ok(Live {
             listeners,
             upstreams,
-            watched,
+            watched: self.watched.clone(),
+            fresh,
+            kept,
         })
+    }
+
+    /// Makes this the TLS of the running proxy: the watch follows this config's files from
+    /// now on, and the expiry gauges of what it no longer has are removed (an alert on a
+    /// certificate nobody uses would be noise).
+    pub(crate) fn commit(&mut self, metrics: &Metrics) {
+        let mut running = self.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        running.retain(|w| {
+            let keep = self
+                .kept
+                .iter()
+                .any(|(scope, name)| *scope == w.scope && *name == w.name);
+            if !keep {
+                let _ = metrics.tls_certificate_expiry.remove_label_values(&[w.scope, &w.name]);
+            }
+            keep
+        });
+        for w in self.fresh.drain(..) {
+            w.show_expiry();
+            running.push(w);
+        }
+        self.kept.clear();
     }
 
     /// The watch over the files, as a task maker (the supervisor starts it again after a
     /// failure): each task looks at the files every `period` and rebuilds what changed.
-    /// `None` when no TLS is configured.
+    /// It runs even without TLS: a reload may add some.
     #[allow(clippy::type_complexity, reason = "a task maker: a closure returning a future")]
     pub(crate) fn watch(
-        &mut self,
+        &self,
         period: Duration,
-    ) -> Option<impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static> {
-        if self.watched.is_empty() {
-            return None;
-        }
-        let watched = Arc::new(std::sync::Mutex::new(std::mem::take(&mut self.watched)));
-        Some(move || {
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + 'static {
+        let watched = self.watched.clone();
+        move || {
             let watched = watched.clone();
             let task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
                 let mut tick = tokio::time::interval(period);
@@ -197,7 +261,7 @@ impl Live {
                 }
             });
             task
-        })
+        }
     }
 }
 
@@ -229,6 +293,14 @@ impl Watched {
         }
     }
 
+    /// Sets the expiry gauge from the certificate in use.
+    fn show_expiry(&self) {
+        match &self.what {
+            What::Listener { expiry, not_after, .. } => expiry.set(*not_after as f64),
+            What::Upstream { expiry, .. } => expiry.update(),
+        }
+    }
+
     /// One look at the files: rebuild when they changed and have stayed so since the last look.
     fn look(&mut self) {
         let now: Vec<Stamp> = self.files.iter().map(stamp).collect();
@@ -239,9 +311,15 @@ impl Watched {
         }
         self.applied = now;
         let scope = format!("{} '{}'", self.scope, self.name);
-        let result = match &self.what {
-            What::Listener { tls, live, expiry } => server(tls, &scope, unix_now()).map(|built| {
+        let result = match &mut self.what {
+            What::Listener {
+                tls,
+                live,
+                expiry,
+                not_after,
+            } => server(tls, &scope, unix_now()).map(|built| {
                 live.store(built.config);
+                *not_after = built.not_after;
                 expiry.set(built.not_after as f64);
             }),
             What::Upstream { tls, live, expiry } => client(tls, &scope, seen(expiry)).map(|built| {

@@ -152,6 +152,11 @@ impl EndpointPool {
         &self.label
     }
 
+    /// The DNS name this address was resolved from (`None`: configured as an address).
+    pub(crate) fn dns_name(&self) -> Option<&str> {
+        self.label.strip_suffix(')')?.rsplit_once(" (").map(|(_, n)| n)
+    }
+
     /// The label as an access line's `endpoint` member.
     pub(crate) fn log_member(&self) -> &outrigger_telemetry::logging::Rendered {
         &self.log_member
