@@ -181,7 +181,7 @@ impl Proxy {
             &tls,
             None,
         );
-        metrics.config_info.with_label_values(&[&source.hash]).set(1);
+        runtime.show_config();
         metrics.config_last_reload_success.set(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

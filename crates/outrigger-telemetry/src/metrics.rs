@@ -59,9 +59,17 @@ pub struct Metrics {
     pub task_restarts: IntCounterVec,
     /// `outrigger_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `outrigger_ready`: 1 when `/readyz` answers 200 (set at each scrape).
+    pub ready: prometheus::IntGauge,
+    /// `outrigger_route_info{http_route, upstream, critical}` = 1 per configured route: lets
+    /// alerts page for critical routes only (joined on `http_route`).
+    pub route_info: IntGaugeVec,
     /// `outrigger_config_info{hash}` = 1: which config file is live (first 12 hex digits of
     /// its SHA-256; the built-in config hashes its own text).
     pub config_info: IntGaugeVec,
+    /// `outrigger_config_last_reload_successful`: 0 after a rejected reload, until one
+    /// succeeds (Prometheus' own `prometheus_config_last_reload_successful`).
+    pub config_last_reload_successful: prometheus::IntGauge,
     /// `outrigger_config_last_reload_success_timestamp_seconds`: when the live config was
     /// applied (the start, until a reload succeeds).
     pub config_last_reload_success: prometheus::Gauge,
@@ -235,12 +243,35 @@ impl Metrics {
                 &["route"],
             )?,
             config_reloads,
+            ready: {
+                let g = prometheus::IntGauge::new(
+                    "outrigger_ready",
+                    "1 when /readyz answers 200 (listeners serving, not draining, every needed background task well).",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            route_info: gauge(
+                &r,
+                "outrigger_route_info",
+                "Always 1 per configured route; critical=\"true\" for routes marked critical (alerts page for those only).",
+                &["http_route", "upstream", "critical"],
+            )?,
             config_info: gauge(
                 &r,
                 "outrigger_config_info",
                 "Always 1; the label is the first 12 hex digits of the SHA-256 of the live config file.",
                 &["hash"],
             )?,
+            config_last_reload_successful: {
+                let g = prometheus::IntGauge::new(
+                    "outrigger_config_last_reload_successful",
+                    "1 when the last config reload (or the start) succeeded; 0 after a rejected reload, until one succeeds.",
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g.set(1);
+                g
+            },
             config_last_reload_success: {
                 let g = prometheus::Gauge::new(
                     "outrigger_config_last_reload_success_timestamp_seconds",

@@ -109,6 +109,7 @@ fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Res
     }
     match path {
         "/metrics" => {
+            state.metrics.ready.set(i64::from(ready(state)));
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.render())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -218,6 +219,11 @@ fn forbidden(runtime: &crate::runtime::Runtime, req: &Request<Incoming>, peer: I
         type_base: &runtime.type_base,
     };
     crate::error::render(&err, &cx).map(Full::new)
+}
+
+/// What `/readyz` says: serving, not draining, and every needed background task well.
+fn ready(state: &AdminState) -> bool {
+    state.ready.load(Ordering::Acquire) && state.supervisor.healthy()
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {

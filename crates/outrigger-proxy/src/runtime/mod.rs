@@ -272,6 +272,19 @@ impl Runtime {
         }
     }
 
+    /// Publishes which config is live: `outrigger_config_info{hash}` and one
+    /// `outrigger_route_info` per route (the previous config's series are removed).
+    pub(crate) fn show_config(&self) {
+        let m = &self.metrics;
+        m.config_info.reset();
+        m.config_info.with_label_values(&[&self.hash]).set(1);
+        m.route_info.reset();
+        for (r, _) in &self.routes {
+            let critical = if r.critical { "true" } else { "false" };
+            m.route_info.with_label_values(&[&r.name, &r.upstream, critical]).set(1);
+        }
+    }
+
     /// Every upstream (for DNS refresh and debug endpoints).
     pub(crate) fn upstreams(&self) -> &[Arc<UpstreamRt>] {
         &self.upstreams

@@ -79,9 +79,9 @@ impl Server {
             Ok(changes) => {
                 let m = &self.metrics;
                 m.config_reloads.with_label_values(&["success"]).inc();
-                m.config_info.reset();
-                m.config_info.with_label_values(&[&self.source.hash]).set(1);
+                self.live.load().show_config();
                 m.config_last_reload_success.set(unix_now());
+                m.config_last_reload_successful.set(1);
                 tracing::info!(
                     kind = "reload",
                     result = "success",
@@ -102,6 +102,7 @@ impl Server {
     /// Logs and counts a rejected reload. `file_hash`: the hash of the file that was refused.
     fn rejected(&self, trigger: Trigger, path: &Path, file_hash: Option<&str>, why: Rejected) {
         self.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+        self.metrics.config_last_reload_successful.set(0);
         let file = path.display();
         let hash = &self.source.hash;
         let reason = match why {
