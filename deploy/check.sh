@@ -11,8 +11,10 @@
 #        kubernetes-validate on PATH or in $KUBERNETES_VALIDATE)
 set -euo pipefail
 bin=$(realpath "$1")
-cd "$(dirname "$0")"
 kv=${KUBERNETES_VALIDATE:-kubernetes-validate}
+# A path given relative to where we were called from still works after the cd below.
+case "$kv" in */*) kv=$(realpath "$kv") ;; esac
+cd "$(dirname "$0")"
 
 echo "--- promtool"
 promtool check rules prometheus/outrigger-rules.yaml

@@ -83,6 +83,23 @@ async fn debug_endpoints_answer_only_debug_from() {
     )
     .await;
     assert_eq!(status, 403, "a refused shutdown does not drain");
+    let (status, body) = request_from(
+        [127, 0, 0, 1],
+        proxy.admin,
+        "GET /debug/explain HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "/debug/explain is guarded like the other debug endpoints: {body}"
+    );
+    let (status, _) = request_from(
+        [127, 0, 0, 2],
+        proxy.admin,
+        "GET /debug/explain HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
     let (status, _) = proxy.admin_get("/readyz").await;
     assert_eq!(status, 200);
     let (status, _) = request_from(

@@ -224,6 +224,19 @@ impl Proxy {
                 }
             }
         }));
+        // The live explanation's traffic: each route's successes, once a second.
+        let counted = live.clone();
+        tasks.push(supervisor.spawn("recent_traffic", false, move || {
+            let live = counted.clone();
+            async move {
+                let mut last = std::collections::HashMap::new();
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    admin::traffic_tick(&live.load(), &mut last);
+                }
+            }
+        }));
 
         let admin_shutdown = Arc::new(tokio::sync::Notify::new());
         let admin_task = tokio::spawn(admin::serve(
@@ -238,7 +251,7 @@ impl Proxy {
             }),
             admin_stop_rx,
         ));
-        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level /debug/upstreams /debug/routes /debug/config /shutdown.", admin.1);
+        tracing::info!(kind = "lifecycle", address = %admin.1, "Admin endpoints are serving on {}: /metrics /healthz /readyz /debug/log_level /debug/upstreams /debug/routes /debug/config /debug/explain /shutdown.", admin.1);
         server.start_listeners(listeners);
         ready.store(true, Ordering::Release);
         tracing::info!(kind = "lifecycle", routes, upstreams, "outrigger is ready.");

@@ -4,6 +4,7 @@
 pub mod logging;
 pub mod metrics;
 pub mod ratelimit;
+pub mod recent;
 pub mod spans;
 
 pub use metrics::Metrics;

@@ -108,6 +108,8 @@ pub struct JsonLine {
     buf: String,
     /// Whether the next member needs a comma (false right after `{` or `[`).
     comma: bool,
+    /// Kept in the ring of recent failures too (`/debug/explain`).
+    remember: bool,
 }
 
 impl JsonLine {
@@ -124,7 +126,11 @@ impl JsonLine {
         let mut buf = SPARE_LINE.take();
         buf.clear();
         buf.reserve(LINE_CAPACITY);
-        let mut line = JsonLine { buf, comma: true };
+        let mut line = JsonLine {
+            buf,
+            comma: true,
+            remember: false,
+        };
         line.buf.push_str("{\"ts\":\"");
         push_timestamp(&mut line.buf, SystemTime::now());
         line.buf.push('"');
@@ -269,9 +275,19 @@ impl JsonLine {
         &self.buf
     }
 
+    /// Keeps this line in the ring of recent failures as well (`/debug/explain`): for
+    /// failures, which are rate-limited, never for every success.
+    pub fn remember(&mut self) -> &mut Self {
+        self.remember = true;
+        self
+    }
+
     /// Ends the line and queues it for output.
     pub fn finish(mut self) {
         self.buf.push('}');
+        if self.remember {
+            crate::recent::remember(&self.buf);
+        }
         match FORMAT.get().copied().unwrap_or(Format::Json) {
             Format::Json => {
                 self.buf.push('\n');
@@ -296,6 +312,13 @@ impl JsonLine {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered(Box<str>);
 
+impl From<String> for Rendered {
+    /// Members already written as JSON (`"a":"b","c":true`): the caller vouches for it.
+    fn from(json: String) -> Self {
+        Rendered(json.into_boxed_str())
+    }
+}
+
 impl std::ops::Deref for Rendered {
     type Target = str;
     fn deref(&self) -> &str {
@@ -308,6 +331,7 @@ pub fn rendered(members: &[(&str, &str)]) -> Rendered {
     let mut line = JsonLine {
         buf: String::new(),
         comma: false,
+        remember: false,
     };
     for (key, value) in members {
         line.str(key, value);
@@ -460,11 +484,29 @@ fn push_millis(buf: &mut String, micros: u64) {
 static PENDING: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// Where lines go instead of stdout (`outrigger demo` keeps the terminal for its view).
+static OUTPUT: OnceLock<Mutex<std::fs::File>> = OnceLock::new();
+
+/// Sends every line to `file` instead of stdout, from now on (once per process).
+pub fn set_output(file: std::fs::File) {
+    let _ = OUTPUT.set(Mutex::new(file));
+}
+
+/// Writes to the output: the file of [`set_output`], else stdout.
+fn with_output(write: impl FnOnce(&mut dyn Write)) {
+    match OUTPUT.get() {
+        Some(file) => write(&mut *file.lock().unwrap_or_else(|p| p.into_inner())),
+        None => write(&mut std::io::stdout().lock()),
+    }
+}
+
 fn write_buffered(line: &[u8]) {
     let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
     pending.extend_from_slice(line);
     if pending.len() >= BATCH_BYTES {
-        let _ = std::io::stdout().lock().write_all(&pending);
+        with_output(|out| {
+            let _ = out.write_all(&pending);
+        });
         pending.clear();
     }
 }
@@ -473,9 +515,10 @@ fn write_buffered(line: &[u8]) {
 pub fn flush() {
     let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
     if !pending.is_empty() {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(&pending);
-        let _ = out.flush();
+        with_output(|out| {
+            let _ = out.write_all(&pending);
+            let _ = out.flush();
+        });
         pending.clear();
     }
 }
@@ -555,14 +598,16 @@ fn pretty(mut obj: Map<String, Value>) -> String {
 /// Writes an event line at once, after any pending access lines (so the order holds). One
 /// write per line: lines from concurrent tasks never interleave. A closed stdout is not ours.
 fn write_raw(line: &str) {
+    crate::recent::offer_event(line);
     let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
-    let mut out = std::io::stdout().lock();
-    if !pending.is_empty() {
-        let _ = out.write_all(&pending);
-        pending.clear();
-    }
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
+    with_output(|out| {
+        if !pending.is_empty() {
+            let _ = out.write_all(&pending);
+        }
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    });
+    pending.clear();
 }
 
 fn level_word(level: &Level) -> &'static str {
@@ -661,6 +706,7 @@ mod tests {
             let mut line = JsonLine {
                 buf: String::new(),
                 comma: false,
+                remember: false,
             };
             line.millis("", micros);
             line.buf

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 use outrigger_config::{Config, ConfigError};
 
 /// The version and commit of this build.
@@ -25,7 +27,9 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!(
         outrigger run                               sidecar for an app on 127.0.0.1:8080 (listen :15001, admin :15090)\n  \
         outrigger run -c /etc/outrigger/outrigger.yaml --workers 2\n  \
         outrigger check -c config/outrigger.yaml    validate a config and show its routes\n  \
-        outrigger check -c my.yaml --deny-warnings  also fail on contradictory settings (for CI)\n\n\
+        outrigger check -c my.yaml --deny-warnings  also fail on contradictory settings (for CI)\n  \
+        kubectl logs POD -c outrigger | outrigger explain -   what failed, why, what to do first\n  \
+        outrigger demo                              watch it heal a failing upstream (1 minute)\n\n\
         Exit codes: 0 ok, 1 runtime or config failure, 2 usage error."
 )]
 struct Cli {
@@ -63,6 +67,56 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
+    /// Explain the failures in outrigger's JSON logs: incidents, blast radius, first actions.
+    #[command(
+        after_help = "Examples:\n  kubectl logs deploy/checkout -c outrigger | outrigger explain -\n  \
+        outrigger explain checkout.log payments.log.gz            several proxies' logs, any order\n  \
+        outrigger explain --trace 4bf92f3577b34da6a3ce929d0e0e4736 *.log   one request's journey\n  \
+        outrigger explain --format json app.log | jq '.incidents[0].story'\n  \
+        outrigger explain --format brief app.log > brief.md        for the incident channel\n\n\
+        Lines that are not outrigger's are counted (skipped_lines), never fatal. Exit 1 only if a file cannot be opened."
+    )]
+    /// The whole product in one command: the real proxy, built-in upstreams and traffic, and a failure it heals.
+    #[command(
+        after_help = "Loopback only, no setup. The story: healthy, payments slows down, hangs (timeouts, retries, the breaker opens, \
+        the checkout fallback answers), recovers (half-open probes, the breaker closes); then `outrigger explain` over the proxy's own log.\n\n\
+        Examples:\n  outrigger demo\n  outrigger demo --duration 20s --no-tty     plain lines, for CI or a log"
+    )]
+    Demo {
+        /// How long the story takes (at least 20s).
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_demo_duration)]
+        duration: std::time::Duration,
+        /// Print a plain line a second instead of redrawing a live view.
+        #[arg(long)]
+        no_tty: bool,
+    },
+    Explain {
+        /// Log files (`-`: standard input, the default; `*.gz`: gzip).
+        #[arg(value_name = "FILE|-")]
+        files: Vec<String>,
+        /// Follow one request: a trace id or a request id.
+        #[arg(long, value_name = "ID")]
+        trace: Option<String>,
+        /// `text` (for a terminal), `json` (the digest for pipelines), `brief` (Markdown for an incident channel).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json", "brief"])]
+        format: String,
+        /// The longest pause in failures within one incident.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+        gap: std::time::Duration,
+    },
+}
+
+fn parse_demo_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    // Under 20 s the breaker's second open period outlasts the recovery phase.
+    if d < std::time::Duration::from_secs(20) || d > std::time::Duration::from_secs(3600) {
+        return Err("the demo needs between 20s and 1h".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 2m)"))
 }
 
 /// Runs the command line and returns the process exit code.
@@ -81,6 +135,13 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config, deny_warnings } => check(&config, deny_warnings),
+        Command::Demo { duration, no_tty } => demo::run(demo::Options { duration, no_tty }),
+        Command::Explain {
+            files,
+            trace,
+            format,
+            gap,
+        } => explain(&files, trace.as_deref(), &format, gap),
         Command::Run {
             config,
             workers,
@@ -103,6 +164,31 @@ pub fn main() -> ExitCode {
             code
         }
     }
+}
+
+fn explain(files: &[String], trace: Option<&str>, format: &str, gap: std::time::Duration) -> ExitCode {
+    let gap_ms = i64::try_from(gap.as_millis()).unwrap_or(i64::MAX);
+    let mut ex = outrigger_explain::Explainer::new(trace, gap_ms);
+    let stdin = ["-".to_owned()];
+    for f in if files.is_empty() { &stdin[..] } else { files } {
+        if let Err(e) = ex.read_path(f) {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let (report, journey) = ex.finish();
+    let out = match (journey, format) {
+        (Some(j), "json") => serde_json::to_string_pretty(&j).unwrap_or_default(),
+        (Some(j), _) => j.text(),
+        (None, "json") => outrigger_explain::render::json(&report),
+        (None, "brief") => outrigger_explain::render::brief(&report),
+        (None, _) => outrigger_explain::render::text(&report),
+    };
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a message.
+    let _ = writeln!(stdout, "{}", out.trim_end());
+    ExitCode::SUCCESS
 }
 
 fn load(path: Option<&PathBuf>) -> Result<outrigger_proxy::LoadedConfig, ConfigError> {

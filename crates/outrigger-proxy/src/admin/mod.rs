@@ -21,7 +21,10 @@ use tokio::sync::watch;
 
 use outrigger_telemetry::Metrics;
 
+mod explain;
 mod views;
+
+pub(crate) use explain::traffic_tick;
 use views::{config_view, routes_view, upstreams_view, view_text};
 
 /// What the admin endpoints report on.
@@ -55,7 +58,16 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<AdminState>, mut sto
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req, peer.ip())) }
+                async move {
+                    if req.uri().path() == "/debug/explain" {
+                        let runtime = state.live.load_full();
+                        if !runtime.config.admin.may_debug(peer.ip()) {
+                            return Ok::<_, Infallible>(forbidden(&runtime, &req, peer.ip()));
+                        }
+                        return Ok(explain::answer(runtime, &req).await);
+                    }
+                    Ok::<_, Infallible>(answer(&state, &req, peer.ip()))
+                }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
@@ -126,7 +138,7 @@ fn answer(state: &Arc<AdminState>, req: &Request<Incoming>, peer: IpAddr) -> Res
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz, /readyz or /debug/log_level\n",
+            "not found: try /metrics, /healthz, /readyz, /debug/upstreams, /debug/routes, /debug/config, /debug/explain or /debug/log_level\n",
         ),
     }
 }

@@ -228,6 +228,7 @@ impl Attempt {
     fn write_json(&self, n: usize, body_code: Option<Code>, f: &mut JsonLine) {
         f.begin_object("");
         f.uint("n", n as u64);
+        f.hex("span_id", u128::from(self.span_id), 16);
         f.members(self.endpoint.log_member());
         if let Some(c) = self.conn {
             f.members(if c.reused {
@@ -637,6 +638,11 @@ impl Completion {
         f.str("request_id", self.request_id.to_str().unwrap_or(""));
         f.hex("trace_id", self.trace.trace_id, 32);
         f.hex("span_id", u128::from(self.trace.span_id), 16);
+        // The caller's span (its attempt's client span when the caller is another
+        // outrigger): `outrigger explain --trace` links the hops of a journey by it.
+        if let Some(parent) = self.trace.parent_id {
+            f.hex("parent_span_id", u128::from(parent), 16);
+        }
         if let Some(r) = &self.route {
             f.members(&r.log_members);
         }
@@ -701,6 +707,9 @@ impl Completion {
         }
         if let Some(c) = self.cause() {
             f.str("cause", &c);
+        }
+        if code.is_some() || self.fallback.is_some() {
+            f.remember();
         }
         f.finish();
     }

@@ -61,6 +61,16 @@ impl SuccessSeries {
         }
     }
 
+    /// Requests observed so far through this series (for the live explanation's traffic).
+    pub(crate) fn count(&self) -> u64 {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|h| h.get_sample_count())
+            .sum()
+    }
+
     /// The histogram for `method` and `status`.
     pub(crate) fn get(&self, method: &Method, status: Option<u16>) -> Histogram {
         let (m, mi) = method_label(method);

@@ -159,10 +159,21 @@ impl Runtime {
                     record: Arc::new(RouteRecord {
                         name: name.into(),
                         upstream: upstreams[i].name.clone(),
-                        log_members: outrigger_telemetry::logging::rendered(&[
-                            ("route", name),
-                            ("upstream", &upstreams[i].name),
-                        ]),
+                        // `critical` lets `outrigger explain` put what matters first.
+                        log_members: {
+                            let members = outrigger_telemetry::logging::rendered(&[
+                                ("route", name),
+                                ("upstream", &upstreams[i].name),
+                            ]);
+                            if r.critical {
+                                outrigger_telemetry::logging::Rendered::from(format!(
+                                    "{}{}",
+                                    &*members, r#","critical":true"#
+                                ))
+                            } else {
+                                members
+                            }
+                        },
                         body_idle: r.body_idle_timeout,
                         in_flight: metrics.in_flight.with_label_values(&[name]),
                         overhead: metrics.proxy_overhead.with_label_values(&[name]),
