@@ -2,7 +2,9 @@
 # Checks everything under deploy/ offline, as CI does:
 #   - the Prometheus rules: `promtool check rules`, and `promtool test rules` (every alert
 #     fires when it should, and stays quiet on callers' errors and brief blips);
-#   - the PrometheusRule manifest holds the same groups as the plain rules file;
+#   - the PrometheusRule manifest holds the same groups as the plain rules file, and the
+#     Grafana dashboard is what make-dashboard.py writes (its queries run against a real
+#     Prometheus in tests/tests/prometheus.rs);
 #   - every alert's runbook exists;
 #   - every Kubernetes manifest validates against the Kubernetes 1.37 schemas
 #     (kubernetes-validate --strict; CRDs such as PodMonitor have no schema here and only warn);
@@ -22,6 +24,9 @@ promtool check rules prometheus/outrigger-rules.yaml
 
 echo "--- PrometheusRule matches the rules file"
 python3 prometheus/make-prometheusrule.py --check
+
+echo "--- Grafana dashboard is the generated one"
+python3 grafana/make-dashboard.py --check
 
 echo "--- runbooks"
 missing=0

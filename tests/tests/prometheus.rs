@@ -1,7 +1,8 @@
 //! A real Prometheus (Debian's `prometheus`) scrapes a running outrigger in front of a failing
 //! upstream and evaluates deploy/prometheus/outrigger-rules.yaml: the alerts that should go
 //! pending do, by their names and labels, so the rules use the metric names the binary
-//! exports. Skipped (with a message) where `prometheus` is not installed, unless
+//! exports; and every query of the Grafana dashboard (deploy/grafana/outrigger.json) runs
+//! and the main panels have data. Skipped (with a message) where `prometheus` is not installed, unless
 //! `OUTRIGGER_REQUIRE_PROMETHEUS=1` (CI sets it) makes that a failure.
 
 use std::process::{Child, Command, Stdio};
@@ -32,6 +33,59 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// `text` percent-encoded for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs a PromQL query; its result list, or a failure naming the query and the error.
+async fn query(base: &str, expr: &str) -> Vec<Value> {
+    let v = api(base, &format!("/api/v1/query?query={}", encode(expr)))
+        .await
+        .unwrap_or_default();
+    assert_eq!(v["status"], "success", "{expr}: {v}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// The dashboard's queries with its variables set as a person would pick them.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/outrigger.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let set = |e: &str| {
+        e.replace("$namespace", "shop")
+            .replace("$app", "checkout")
+            .replace("$route", ".*")
+            .replace("$__rate_interval", "1m")
+    };
+    let mut out = Vec::new();
+    for panel in d["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            out.push((
+                panel["title"].as_str().unwrap().to_owned(),
+                set(t["expr"].as_str().unwrap()),
+            ));
+        }
+    }
+    // Grafana's `label_values(SELECTOR, LABEL)` as the PromQL it stands for.
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str()
+            && let Some(inner) = q.strip_prefix("label_values(").and_then(|x| x.strip_suffix(')'))
+            && let Some((selector, label)) = inner.rsplit_once(", ")
+        {
+            out.push((
+                format!("variable {}", v["name"]),
+                set(&format!("count by ({label}) ({selector})")),
+            ));
+        }
+    }
+    out
 }
 
 async fn api(base: &str, path: &str) -> Option<Value> {
@@ -155,6 +209,29 @@ async fn a_real_prometheus_raises_the_expected_alerts() {
         .filter(|a| !wanted.iter().any(|w| a["labels"]["alertname"] == *w))
         .collect();
     assert!(others.is_empty(), "unexpected alerts: {others:?}");
+
+    // Every dashboard query runs; the panels an on-call engineer looks at first have data.
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 17, "{queries:?}");
+    let must_have_data = [
+        "Requests per second by route",
+        "Errors per second by route and class",
+        "Error ratio (upstream + proxy) by route",
+        "Circuit breaker state",
+        "Requests in flight by route",
+        "variable \"namespace\"",
+        "variable \"app\"",
+        "variable \"route\"",
+    ];
+    for (title, expr) in &queries {
+        let result = query(&prom.base, expr).await;
+        if must_have_data.contains(&title.as_str()) {
+            assert!(!result.is_empty(), "panel {title:?} has no data: {expr}");
+        }
+        if title == "Circuit breaker state" {
+            assert_eq!(result[0]["value"][1], "1", "the breaker of app is open: {result:?}");
+        }
+    }
 
     // Every rule evaluates without error against the real series.
     let rules = api(&prom.base, "/api/v1/rules").await.unwrap();
