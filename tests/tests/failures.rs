@@ -94,6 +94,9 @@ async fn hanging_upstream_is_504_upstream_timeout_at_the_route_timeout() {
         "{cause}"
     );
     assert!(cause.ends_with("(route timeout)"), "{cause}");
+    // The connection was made: the attempt says so (and claims no stage it cannot know).
+    assert_eq!(line["attempts"][0]["connection"], "fresh", "{line}");
+    assert!(line["attempts"][0].get("stage").is_none(), "{line}");
     assert_eq!(
         proxy
             .metric(
@@ -103,6 +106,31 @@ async fn hanging_upstream_is_504_upstream_timeout_at_the_route_timeout() {
             .await,
         1.0
     );
+}
+
+/// Attempts cut off by their per-try timeout still record the connection they had: fresh
+/// for the first, and the cause says so instead of "no connection".
+#[tokio::test]
+async fn timed_out_attempts_keep_their_connection_in_the_record() {
+    let up = Upstream::start(Mode::Hang).await;
+    let routes = "  - {name: slow, match: {path_prefix: /}, upstream: app, timeout: 2s,\n     retry: {attempts: 2, per_try_timeout: 200ms, on: [timeout]}}\n";
+    let proxy = Outrigger::start(&config(&[up.addr()], routes));
+    let reply = get(&proxy.url("/report")).await;
+    assert_eq!(reply.status, 504);
+    let line = proxy.access_log(reply.header("x-request-id")).await;
+    let attempts = line["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{line}");
+    for a in attempts {
+        assert_eq!(a["code"], "upstream_timeout", "{line}");
+        assert_eq!(
+            a["connection"], "fresh",
+            "a hanging upstream's connections are never reused: {line}"
+        );
+        assert!(a.get("stage").is_none(), "{line}");
+    }
+    let cause = line["cause"].as_str().unwrap();
+    assert!(cause.contains("(fresh connection) failed after 2"), "{cause}");
+    assert!(!cause.contains("no connection"), "{cause}");
 }
 
 /// One request on an open client connection; the status and how long the answer took.

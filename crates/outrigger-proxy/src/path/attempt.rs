@@ -14,6 +14,7 @@ use outrigger_resilience::BreakerState;
 use outrigger_resilience::deadline::format_grpc_timeout;
 
 use crate::error::{ErrorClass, ErrorKind, ProxyError};
+use crate::upstream::pool::ConnSeen;
 use std::sync::Arc;
 
 use crate::policy::balance::{EndpointRt, Health};
@@ -143,6 +144,7 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
         // 0.5 KiB of RSS; boxing it cost a large allocation and a copy per attempt
         // (docs/performance.md).
         let mut timer = conn.attempt_timer(started + this.per_try.unwrap_or(remaining));
+        let seen = ConnSeen::default();
         let work = std::pin::pin!(UpstreamRt::send_to(
             &endpoint.pool,
             &fwd.parts,
@@ -150,7 +152,8 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
             body,
             fwd.http2,
             retrying.fresh_only,
-            started
+            started,
+            &seen
         ));
         let mut sent = before(timer.as_mut(), work).await;
         conn.keep_attempt_timer(timer);
@@ -162,11 +165,12 @@ pub(super) async fn run(fwd: &mut Forward, conn: &ConnCtx, done: &mut Completion
             answer.response.body_mut().headed_at(finished);
         }
         let (tried, conn_info) = match sent {
+            // Timed out: the send is gone, but the connection it had (if any) was noted.
             None => {
                 let after = this.per_try.unwrap_or(fwd.target.budget);
                 (
                     Tried::Failed(located(ErrorKind::UpstreamTimeout { after }, &route)),
-                    None,
+                    seen.get(),
                 )
             }
             Some(Err(f)) => {

@@ -274,8 +274,14 @@ impl Attempt {
         let code = match self.outcome {
             AttemptOutcome::Failed(code, _) => code,
             AttemptOutcome::TlsFailed(_) => return Some(Stage::Tls),
-            AttemptOutcome::Status(_) | AttemptOutcome::TimedOut => return None,
+            AttemptOutcome::Status(_) => return None,
+            AttemptOutcome::TimedOut => Code::UpstreamTimeout,
         };
+        // A timeout with no connection was still connecting; with one, the request was
+        // being written or its head awaited (not told apart: no stage is claimed).
+        if code == Code::UpstreamTimeout && self.conn.is_none() {
+            return Some(Stage::Connect);
+        }
         match code {
             Code::UpstreamConnectFailed => Some(Stage::Connect),
             Code::UpstreamReset | Code::UpstreamProtocolError => Some(Stage::AwaitHeaders),

@@ -204,6 +204,10 @@ impl UpstreamRt {
     /// Sends one attempt to `pool`. `head` must carry an origin-form URI and the client's
     /// `Host`; the HTTP/2 form (`:authority`) is derived here. `fresh_only` skips pooled
     /// connections.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the attempt's parts, borrowed one by one: a struct of them would be built per attempt for one call"
+    )]
     pub(crate) async fn send_to(
         pool: &Arc<EndpointPool>,
         head: &http::request::Parts,
@@ -212,6 +216,7 @@ impl UpstreamRt {
         http2: bool,
         fresh_only: bool,
         started: tokio::time::Instant,
+        seen: &crate::upstream::pool::ConnSeen,
     ) -> Result<AttemptResponse, AttemptFailure> {
         let result = if http2 {
             // hyper's client takes the request by value: the head is copied for it.
@@ -241,9 +246,9 @@ impl UpstreamRt {
                     });
                 }
             }
-            pool.send_http2(req, fresh_only).await
+            pool.send_http2(req, fresh_only, seen).await
         } else {
-            pool.send_http1(head, added, body, fresh_only, started).await
+            pool.send_http1(head, added, body, fresh_only, started, seen).await
         };
         match result {
             Ok((response, conn)) => Ok(AttemptResponse { response, conn }),

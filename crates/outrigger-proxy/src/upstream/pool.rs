@@ -97,6 +97,35 @@ pub(crate) struct ConnInfo {
     pub idle_for: Duration,
 }
 
+/// The connection an attempt got, noted the moment it has one: an attempt cut off by its
+/// timeout drops its send, and with it the send's own answer; this outlives it, so the
+/// record still says which connection timed out (or that none was ever made). One word,
+/// written with a relaxed store: the attempt's future stays `Send` and allocation-free.
+#[derive(Default)]
+pub(crate) struct ConnSeen(std::sync::atomic::AtomicU64);
+
+impl ConnSeen {
+    const SET: u64 = 1 << 63;
+    const REUSED: u64 = 1 << 62;
+
+    /// Notes the connection taken (idle time kept in microseconds, up to 2^62).
+    pub(crate) fn note(&self, info: ConnInfo) {
+        let idle = u64::try_from(info.idle_for.as_micros()).unwrap_or(u64::MAX) & (Self::REUSED - 1);
+        let reused = if info.reused { Self::REUSED } else { 0 };
+        self.0
+            .store(Self::SET | reused | idle, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The connection noted, if any.
+    pub(crate) fn get(&self) -> Option<ConnInfo> {
+        let v = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (v & Self::SET != 0).then(|| ConnInfo {
+            reused: v & Self::REUSED != 0,
+            idle_for: Duration::from_micros(v & (Self::REUSED - 1)),
+        })
+    }
+}
+
 struct IdleConn {
     conn: Box<h1::Conn>,
     since: Instant,
@@ -204,6 +233,7 @@ impl EndpointPool {
         body: RequestBody,
         fresh_only: bool,
         now: Instant,
+        seen: &ConnSeen,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
         let (conn, info) = match if fresh_only { None } else { self.take_idle(now) } {
             Some(found) => found,
@@ -220,6 +250,7 @@ impl EndpointPool {
                 },
             ),
         };
+        seen.note(info);
         match h1::Exchange::new(conn, head, added, body).response().await {
             Ok(resp) => {
                 let pool = (!resp.body().is_upgrade()).then(|| self.clone());
@@ -234,6 +265,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
         mut fresh_only: bool,
+        seen: &ConnSeen,
     ) -> Result<(Response<UpstreamBody>, ConnInfo), SendError> {
         // At most two passes: the shared connection, then (if it turned out dead) a fresh one.
         loop {
@@ -259,6 +291,7 @@ impl EndpointPool {
                     },
                 ),
             };
+            seen.note(info);
             if let Err(e) = sender.ready().await {
                 if info.reused {
                     // The shared connection died (GOAWAY, reset) since it was last used.
