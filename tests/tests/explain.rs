@@ -237,3 +237,22 @@ fn the_demo_live_view_redraws_in_a_real_terminal() {
     tmux(&["kill-server"]);
     panic!("the demo did not finish in its terminal:\n{last}");
 }
+
+/// Each new subcommand's help is its own, with examples; bad values are usage errors (2).
+#[test]
+fn explain_and_demo_help_and_usage_errors() {
+    let (code, out, _) = run_cli(&["explain", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("Explain the failures"), "{out}");
+    assert!(out.contains("Examples:") && out.contains("--trace"), "{out}");
+    let (code, out, _) = run_cli(&["demo", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("The whole product in one command"), "{out}");
+    assert!(out.contains("Loopback only"), "{out}");
+    let (code, _, err) = run_cli(&["demo", "--duration", "5s"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the demo needs between 20s and 1h"), "{err}");
+    let (code, _, err) = run_cli(&["explain", "--format", "xml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("possible values: text, json, brief"), "{err}");
+}

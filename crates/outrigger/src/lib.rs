@@ -67,15 +67,6 @@ enum Command {
         #[arg(long)]
         deny_warnings: bool,
     },
-    /// Explain the failures in outrigger's JSON logs: incidents, blast radius, first actions.
-    #[command(
-        after_help = "Examples:\n  kubectl logs deploy/checkout -c outrigger | outrigger explain -\n  \
-        outrigger explain checkout.log payments.log.gz            several proxies' logs, any order\n  \
-        outrigger explain --trace 4bf92f3577b34da6a3ce929d0e0e4736 *.log   one request's journey\n  \
-        outrigger explain --format json app.log | jq '.incidents[0].story'\n  \
-        outrigger explain --format brief app.log > brief.md        for the incident channel\n\n\
-        Lines that are not outrigger's are counted (skipped_lines), never fatal. Exit 1 only if a file cannot be opened."
-    )]
     /// The whole product in one command: the real proxy, built-in upstreams and traffic, and a failure it heals.
     #[command(
         after_help = "Loopback only, no setup. The story: healthy, payments slows down, hangs (timeouts, retries, the breaker opens, \
@@ -90,6 +81,15 @@ enum Command {
         #[arg(long)]
         no_tty: bool,
     },
+    /// Explain the failures in outrigger's JSON logs: incidents, blast radius, first actions.
+    #[command(
+        after_help = "Examples:\n  kubectl logs deploy/checkout -c outrigger | outrigger explain -\n  \
+        outrigger explain checkout.log payments.log.gz            several proxies' logs, any order\n  \
+        outrigger explain --trace 4bf92f3577b34da6a3ce929d0e0e4736 *.log   one request's journey\n  \
+        outrigger explain --format json app.log | jq '.incidents[0].story'\n  \
+        outrigger explain --format brief app.log > brief.md        for the incident channel\n\n\
+        Lines that are not outrigger's are counted (skipped_lines), never fatal. Exit 1 only if a file cannot be opened."
+    )]
     Explain {
         /// Log files (`-`: standard input, the default; `*.gz`: gzip).
         #[arg(value_name = "FILE|-")]
