@@ -65,9 +65,17 @@ impl Phase {
 
 /// Runs the demo; the exit code is 0 unless it could not start.
 pub(crate) fn run(opts: Options) -> std::process::ExitCode {
-    let dir = std::env::temp_dir().join(format!("outrigger-demo-{}", std::process::id()));
+    // A directory of our own, made new (never one that already exists, nor a link planted
+    // in its place on a shared /tmp).
+    let dir = std::env::temp_dir().join(format!(
+        "outrigger-demo-{}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
     let log_path = dir.join("outrigger.log");
-    let file = match std::fs::create_dir_all(&dir).and_then(|_| std::fs::File::create(&log_path)) {
+    let file = match std::fs::create_dir(&dir)
+        .and_then(|_| std::fs::OpenOptions::new().write(true).create_new(true).open(&log_path))
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("error: cannot create the demo's log file {}: {e}", log_path.display());
