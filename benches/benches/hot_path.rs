@@ -38,6 +38,8 @@ fn bench_find(bencher: divan::Bencher, n: usize, uri: &str) {
             host: Some("example.com"),
             port: None,
             absolute_form: false,
+            destination: None,
+            redirected_outbound: false,
         };
         divan::black_box(r.find(divan::black_box(&req), &q).is_some())
     });

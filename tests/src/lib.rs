@@ -121,7 +121,26 @@ impl Outrigger {
 
     /// Starts `outrigger run -c path` (a file the test manages, e.g. behind symlinks).
     pub fn start_file(path: PathBuf, env: &[(&str, &str)], workers: u16) -> Outrigger {
-        let mut cmd = Command::new(binary());
+        Self::start_wrapped(&[], &binary(), path, env, workers)
+    }
+
+    /// Starts `wrapper... binary run -c path` (`wrapper`: e.g. `ip netns exec NS setpriv
+    /// --reuid 65532 ...`, to run it in a network namespace as another user).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        binary: &std::path::Path,
+        path: PathBuf,
+        env: &[(&str, &str)],
+        workers: u16,
+    ) -> Outrigger {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.args(["run", "-c"])
             .arg(&path)
             .args(["--workers", &workers.to_string()])

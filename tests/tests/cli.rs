@@ -74,6 +74,15 @@ fn usage_errors_exit_2_and_help_and_version_exit_0() {
     let (code, out, _) = run_cli(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("Examples:") && out.contains("outrigger run"), "{out}");
+    assert_eq!(run_cli(&["init-iptables", "--dry-run", "--remove"]).0, 2);
+    assert_eq!(run_cli(&["init-iptables", "--iptables", "ebtables"]).0, 2);
+    assert_eq!(
+        run_cli(&["init-iptables", "--exclude-outbound-cidrs", "10.0.0.0/33"]).0,
+        2
+    );
+    let (code, out, _) = run_cli(&["init-iptables", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Examples:") && out.contains("--dry-run"), "{out}");
     let (code, out, _) = run_cli(&["--version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("outrigger 0."), "{out}");

@@ -418,6 +418,45 @@ pub(crate) fn positive_duration(cx: &mut Cx, node: &Node, path: &str) -> Option<
     Some(d)
 }
 
+/// A size in bytes within `[min, max]`: a whole number, or a string with a unit (`16MiB`,
+/// `512KiB`, `2MB`).
+pub(crate) fn byte_size(min: u64, max: u64) -> impl FnOnce(&mut Cx, &Node, &str) -> Option<u64> {
+    move |cx, node, path| {
+        let parsed = match &node.value {
+            Value::Int(i) => u64::try_from(*i).ok(),
+            Value::Str(s) => s.trim().parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
+            _ => None,
+        };
+        let Some(v) = parsed else {
+            let found = match &node.value {
+                Value::Str(s) => format!("`{s}` is not a size in bytes"),
+                other => format!("expected a size in bytes, found {}", kind(other)),
+            };
+            cx.error(
+                node.pos,
+                path,
+                found,
+                "write a size such as `16MiB`, `512KiB` or `1048576`",
+            );
+            return None;
+        };
+        if v < min || v > max {
+            cx.error(
+                node.pos,
+                path,
+                format!("{v} bytes is out of range"),
+                format!(
+                    "use a size from {} to {}",
+                    bytesize::ByteSize(min).display().iec(),
+                    bytesize::ByteSize(max).display().iec()
+                ),
+            );
+            return None;
+        }
+        Some(v)
+    }
+}
+
 /// A listening address: `IP:port`.
 pub(crate) fn socket_addr(cx: &mut Cx, node: &Node, path: &str) -> Option<SocketAddr> {
     let s = string(cx, node, path)?;

@@ -7,8 +7,8 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use crate::decode::{
-    Cx, Fields, boolean, duration, int_in, list_of, non_empty_string, non_negative, one_of, percent, positive_duration,
-    ratio, socket_addr, string, suggest,
+    Cx, Fields, boolean, byte_size, duration, int_in, list_of, non_empty_string, non_negative, one_of, percent,
+    positive_duration, ratio, socket_addr, string, suggest,
 };
 use crate::schema::*;
 use crate::yaml::{Node, Pos, Value};
@@ -304,7 +304,7 @@ fn path_buf(cx: &mut Cx, node: &Node, path: &str) -> Option<PathBuf> {
 }
 
 fn listener(cx: &mut Cx, node: &Node, path: &str) -> Option<Listener> {
-    let f = cx.fields(node, path, &["name", "role", "address", "tls", "limits"]);
+    let f = cx.fields(node, path, &["name", "role", "address", "tls", "limits", "unmatched"]);
     let name_v = f.req(cx, "name", "inbound", name);
     let role = f.or(cx, "role", Role::Inbound, |cx, n, p| {
         one_of(&["inbound", "outbound"])(cx, n, p).map(|w| if w == "outbound" { Role::Outbound } else { Role::Inbound })
@@ -347,12 +347,22 @@ fn listener(cx: &mut Cx, node: &Node, path: &str) -> Option<Listener> {
             })
         })
         .unwrap_or_default();
+    let unmatched = f.or(cx, "unmatched", Unmatched::default_for(role), |cx, n, p| {
+        one_of(&["passthrough", "refuse"])(cx, n, p).map(|w| {
+            if w == "refuse" {
+                Unmatched::Refuse
+            } else {
+                Unmatched::Passthrough
+            }
+        })
+    });
     Some(Listener {
         name: name_v?,
         role,
         address: address?,
         tls,
         limits,
+        unmatched,
     })
 }
 
@@ -740,7 +750,15 @@ fn route_match(cx: &mut Cx, n: &Node, p: &str) -> Option<RouteMatch> {
     let f = cx.fields(
         n,
         p,
-        &["path", "path_prefix", "path_regex", "host", "methods", "headers"],
+        &[
+            "path",
+            "path_prefix",
+            "path_regex",
+            "host",
+            "methods",
+            "headers",
+            "destination",
+        ],
     );
     let m = RouteMatch {
         path: f.opt(cx, "path", url_path),
@@ -749,6 +767,7 @@ fn route_match(cx: &mut Cx, n: &Node, p: &str) -> Option<RouteMatch> {
         host: f.opt(cx, "host", host_match),
         methods: f.or(cx, "methods", Vec::new(), list_of(method)),
         headers: f.or(cx, "headers", Vec::new(), headers),
+        destination: f.opt(cx, "destination", destination),
     };
     let path_rules = ["path", "path_prefix", "path_regex"]
         .iter()
@@ -763,6 +782,38 @@ fn route_match(cx: &mut Cx, n: &Node, p: &str) -> Option<RouteMatch> {
         );
     }
     Some(m)
+}
+
+/// `10.0.0.0/8:443`, `[fd00::/8]:443`, `10.1.2.3:80` or `:8080`.
+fn destination(cx: &mut Cx, node: &Node, path: &str) -> Option<DestinationMatch> {
+    let s = string(cx, node, path)?;
+    let s = s.trim();
+    let parsed = s.rsplit_once(':').and_then(|(range, port)| {
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        if range.is_empty() {
+            return Some(DestinationMatch { net: None, port });
+        }
+        let range = match range.strip_prefix('[') {
+            Some(v6) => v6.strip_suffix(']')?,
+            // An IPv6 range must be bracketed, or its last group would read as the port.
+            None if range.contains(':') => return None,
+            None => range,
+        };
+        let net = match range.parse::<ipnet::IpNet>() {
+            Ok(net) => net.trunc(),
+            Err(_) => ipnet::IpNet::from(range.parse::<std::net::IpAddr>().ok()?),
+        };
+        Some(DestinationMatch { net: Some(net), port })
+    });
+    if parsed.is_none() {
+        cx.error(
+            node.pos,
+            path,
+            format!("`{s}` is not a destination"),
+            "write an address range and a port, such as `10.0.0.0/8:443`, `[fd00::/8]:443` or `10.1.2.3:80`, or only a port: `:8080`",
+        );
+    }
+    parsed
 }
 
 fn status(cx: &mut Cx, node: &Node, path: &str) -> Option<u16> {
@@ -786,6 +837,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
             "fallback",
             "fault",
             "allow",
+            "stale_if_error",
         ],
     );
     let name_v = f.req(cx, "name", "default", name);
@@ -841,6 +893,16 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
         })
     });
     let allow = f.opt(cx, "allow", allow);
+    let stale_if_error = f.opt(cx, "stale_if_error", |cx, n, p| {
+        let st = cx.fields(n, p, &["max_age", "max_bytes", "key_by_credentials"]);
+        let max_age = st.req(cx, "max_age", "5m", positive_duration);
+        let max_bytes = st.req(cx, "max_bytes", "16MiB", byte_size(64 * 1024, 1 << 34));
+        Some(StaleIfError {
+            max_age: max_age?,
+            max_bytes: max_bytes?,
+            key_by_credentials: st.or(cx, "key_by_credentials", false, boolean),
+        })
+    });
     crate::lint::route(cx, &f, timeout, retry.as_ref(), fallback.is_some(), critical);
     Some(Route {
         name: name_v?,
@@ -855,6 +917,7 @@ fn route(cx: &mut Cx, node: &Node, path: &str) -> Option<Route> {
         fallback,
         fault,
         allow,
+        stale_if_error,
     })
 }
 

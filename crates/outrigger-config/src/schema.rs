@@ -69,6 +69,39 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Protection against slow and oversized clients.
     pub limits: ListenerLimits,
+    /// What happens to a redirected connection (transparent mode) that no route takes.
+    pub unmatched: Unmatched,
+}
+
+/// What a listener does with a connection redirected to it (`outrigger init-iptables`) that
+/// no route takes: its original destination matches no route, or it does not speak HTTP
+/// (TLS the app originates, a database protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmatched {
+    /// Forward it as plain TCP to where it was going, untouched (the outbound default: an
+    /// app's calls to dependencies nobody configured keep working).
+    Passthrough,
+    /// Close it (the inbound default: nothing reaches the app around the listener's routes,
+    /// TLS and `allow` rules).
+    Refuse,
+}
+
+impl Unmatched {
+    /// The default for a listener of this role.
+    pub fn default_for(role: Role) -> Self {
+        match role {
+            Role::Inbound => Unmatched::Refuse,
+            Role::Outbound => Unmatched::Passthrough,
+        }
+    }
+
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unmatched::Passthrough => "passthrough",
+            Unmatched::Refuse => "refuse",
+        }
+    }
 }
 
 /// TLS settings of a listener.
@@ -355,6 +388,29 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// Only these client identities may use the route (mTLS listeners).
     pub allow: Option<Allow>,
+    /// Answer from the last good response when the upstream fails.
+    pub stale_if_error: Option<StaleIfError>,
+}
+
+/// A route's stale-if-error store (RFC 5861 in spirit): the last good answer to each
+/// idempotent GET, served when the upstream fails for an upstream-class reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleIfError {
+    /// An answer older than this is never served.
+    pub max_age: Duration,
+    /// Memory for kept answers (heads and bodies) on this route; the least recently used
+    /// go first. One answer may take at most an eighth of it.
+    pub max_bytes: u64,
+    /// Also keep answers to requests that carry `Authorization` or `Cookie`, each under its
+    /// own credentials (off: such requests are never answered from the store).
+    pub key_by_credentials: bool,
+}
+
+impl StaleIfError {
+    /// The largest single answer kept.
+    pub fn max_entry_bytes(&self) -> u64 {
+        self.max_bytes / 8
+    }
 }
 
 /// Who may use a route: client identities from mTLS certificates.
@@ -389,6 +445,37 @@ pub struct RouteMatch {
     pub methods: Vec<Method>,
     /// These headers have exactly these values.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Where the client's connection was going: its original destination when it was
+    /// redirected (transparent mode), else the listener's own address.
+    pub destination: Option<DestinationMatch>,
+}
+
+/// `10.0.0.0/8:443`, `[fd00::/8]:443`, `10.1.2.3:80` or `:8080`: a connection's original
+/// destination, by address range and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestinationMatch {
+    /// The address range (none: any address).
+    pub net: Option<ipnet::IpNet>,
+    /// The port.
+    pub port: u16,
+}
+
+impl DestinationMatch {
+    /// Whether `dst` is in the range and on the port (an IPv4 address carried in IPv6 is
+    /// checked as IPv4).
+    pub fn matches(&self, dst: SocketAddr) -> bool {
+        dst.port() == self.port && self.net.is_none_or(|n| n.contains(&dst.ip().to_canonical()))
+    }
+}
+
+impl std::fmt::Display for DestinationMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.net {
+            Some(ipnet::IpNet::V6(n)) => write!(f, "[{n}]:{}", self.port),
+            Some(n) => write!(f, "{n}:{}", self.port),
+            None => write!(f, ":{}", self.port),
+        }
+    }
 }
 
 /// Two matchers are equal when they match the same way (a regex compares by its pattern).
@@ -400,6 +487,7 @@ impl PartialEq for RouteMatch {
             && self.host == other.host
             && self.methods == other.methods
             && self.headers == other.headers
+            && self.destination == other.destination
     }
 }
 

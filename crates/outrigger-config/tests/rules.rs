@@ -72,7 +72,7 @@ fn unknown_fields_get_a_did_you_mean() {
     let p = one(&with_route("    timout: 2s\n"));
     assert_eq!(
         p,
-        "9:5 routes[0]: unknown field `timout` | did you mean `timeout`? (known fields: name, match, upstream, listener, max_body_bytes, critical, timeout, body_idle_timeout, retry, fallback, fault, allow)"
+        "9:5 routes[0]: unknown field `timout` | did you mean `timeout`? (known fields: name, match, upstream, listener, max_body_bytes, critical, timeout, body_idle_timeout, retry, fallback, fault, allow, stale_if_error)"
     );
     let p = one(&format!(
         "{BASE_LISTENERS}{BASE_UPSTREAMS}{BASE_ROUTES}telemetri: {{}}\n"
@@ -492,5 +492,92 @@ fn debug_from_takes_address_ranges() {
     assert!(
         p.contains("admin.debug_from[0]") && p.contains("is not an address range"),
         "{p}"
+    );
+}
+
+#[test]
+fn transparent_mode_settings_are_checked() {
+    // Destinations: a range and a port, one address, only a port, IPv6 in brackets.
+    let ok = with_route("").replace(
+        "match: {path_prefix: /}",
+        "match: {path_prefix: /, destination: \"10.0.0.0/8:443\"}",
+    );
+    let c = from_yaml(&ok, "t.yaml", &env).unwrap();
+    assert_eq!(c.routes[0].matcher.destination.unwrap().to_string(), "10.0.0.0/8:443");
+    for (written, shown) in [
+        ("10.1.2.3:80", "10.1.2.3/32:80"),
+        (":8080", ":8080"),
+        ("[fd00::/8]:443", "[fd00::/8]:443"),
+        ("10.9.9.9/8:1", "10.0.0.0/8:1"),
+    ] {
+        let y = with_route("").replace(
+            "match: {path_prefix: /}",
+            &format!("match: {{destination: \"{written}\"}}"),
+        );
+        let c = from_yaml(&y, "t.yaml", &env).unwrap();
+        assert_eq!(c.routes[0].matcher.destination.unwrap().to_string(), shown);
+    }
+    for bad in [
+        "10.0.0.0/8",
+        "fd00::/8:443",
+        "10.0.0.0/8:0",
+        "10.0.0.0/33:80",
+        "host:80",
+        ":http",
+    ] {
+        let y = with_route("").replace("match: {path_prefix: /}", &format!("match: {{destination: \"{bad}\"}}"));
+        let p = one(&y);
+        assert!(
+            p.starts_with(&format!(
+                "8:26 routes[0].match.destination: `{bad}` is not a destination | write an address range and a port"
+            )),
+            "{p}"
+        );
+    }
+    // `unmatched`: the role's default, or one of two words.
+    let y = "listeners: [{name: a, address: 0.0.0.0:1}, {name: b, role: outbound, address: 127.0.0.1:2}, {name: c, role: outbound, address: 127.0.0.1:3, unmatched: refuse}]\n";
+    let c = from_yaml(&format!("{y}{BASE_UPSTREAMS}{BASE_ROUTES}"), "t.yaml", &env).unwrap();
+    let words: Vec<&str> = c.listeners.iter().map(|l| l.unmatched.as_str()).collect();
+    assert_eq!(words, ["refuse", "passthrough", "refuse"]);
+    let p = one(&format!(
+        "listeners: [{{name: a, address: 0.0.0.0:1, unmatched: pass}}]\n{BASE_UPSTREAMS}{BASE_ROUTES}"
+    ));
+    assert_eq!(
+        p,
+        "1:54 listeners[0].unmatched: unknown value `pass` | did you mean `passthrough`? (one of: passthrough, refuse)"
+    );
+}
+
+#[test]
+fn stale_if_error_settings_are_checked() {
+    let c = from_yaml(
+        &with_route("    stale_if_error: {max_age: 5m, max_bytes: 16MiB}\n"),
+        "t.yaml",
+        &env,
+    )
+    .unwrap();
+    let s = c.routes[0].stale_if_error.as_ref().unwrap();
+    assert_eq!(
+        (s.max_age.as_secs(), s.max_bytes, s.key_by_credentials),
+        (300, 16 << 20, false)
+    );
+    let c = from_yaml(
+        &with_route("    stale_if_error: {max_age: 30s, max_bytes: 1048576, key_by_credentials: true}\n"),
+        "t.yaml",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.routes[0].stale_if_error.as_ref().unwrap().max_bytes, 1 << 20);
+    assert_eq!(
+        one(&with_route("    stale_if_error: {max_age: 5m, max_bytes: lots}\n")),
+        "9:46 routes[0].stale_if_error.max_bytes: `lots` is not a size in bytes | write a size such as `16MiB`, `512KiB` or `1048576`"
+    );
+    assert_eq!(
+        one(&with_route("    stale_if_error: {max_age: 5m, max_bytes: 1KiB}\n")),
+        "9:46 routes[0].stale_if_error.max_bytes: 1024 bytes is out of range | use a size from 64.0 KiB to 16.0 GiB"
+    );
+    assert_eq!(
+        one(&with_route("    stale_if_error: {max_bytes: 1MiB}\n")),
+        "9:21 routes[0].stale_if_error: missing required field `max_age` | add `max_age: 5m`"
     );
 }

@@ -98,6 +98,8 @@ pub(crate) struct ResponseBody {
     body: ProxyBody,
     completion: Option<Box<Completion>>,
     timers: Option<Box<Timers>>,
+    /// A copy of the body being kept for stale-if-error, when the route keeps answers.
+    tee: Option<Box<crate::policy::stale::Tee>>,
 }
 
 impl ResponseBody {
@@ -106,7 +108,14 @@ impl ResponseBody {
             body,
             completion,
             timers: None,
+            tee: None,
         }
+    }
+
+    /// Keeps a copy of the body as it streams (stale-if-error), kept when it ends whole.
+    pub(crate) fn with_tee(mut self, tee: Option<Box<crate::policy::stale::Tee>>) -> Self {
+        self.tee = tee;
+        self
     }
 
     /// Ends the stream with an error (HTTP/2 RST_STREAM, or a closed HTTP/1 connection) if it
@@ -121,6 +130,11 @@ impl ResponseBody {
     }
 
     fn finish(&mut self, error: Option<(Code, String)>) {
+        if let Some(tee) = self.tee.take()
+            && error.is_none()
+        {
+            (*tee).keep();
+        }
         if let Some(mut c) = self.completion.take() {
             c.body_finished(error);
         }
@@ -179,6 +193,11 @@ impl Body for ResponseBody {
                     }
                     if let Some(Ok(f)) = &mut frame {
                         crate::http::headers::strip_frame_trailers(f);
+                        if let Some(tee) = &mut this.tee
+                            && f.data_ref().is_some_and(|d| !tee.push(d))
+                        {
+                            this.tee = None;
+                        }
                     }
                     frame
                 }
@@ -193,6 +212,7 @@ impl Body for ResponseBody {
         match &polled {
             None => this.finish(None),
             Some(Err(e)) => {
+                this.tee = None;
                 // Bytes that are not HTTP (bad chunk framing, bare LFs) are the upstream's
                 // protocol error; anything else cut the body off.
                 let code = match e.downcast_ref::<crate::upstream::h1::Error>() {
@@ -229,6 +249,9 @@ impl Drop for ResponseBody {
             // hyper may never poll a body that is empty from the start (HEAD, 204, 304); one
             // that still had frames to send was abandoned by the client.
             if self.body.is_end_stream() {
+                if let Some(tee) = self.tee.take() {
+                    (*tee).keep();
+                }
                 c.body_finished(None);
             } else {
                 c.client_gone();

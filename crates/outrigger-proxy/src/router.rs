@@ -38,6 +38,13 @@ pub struct RouteQuery<'a> {
     pub port: Option<u16>,
     /// An HTTP/1.1 absolute-form request (an app using outrigger as `HTTP_PROXY`).
     pub absolute_form: bool,
+    /// Where the client's connection was going: its original destination when it was
+    /// redirected to the listener, else the listener's own address.
+    pub destination: Option<std::net::SocketAddr>,
+    /// The connection was redirected to an outbound listener (transparent mode): only a
+    /// route that names where it goes (`destination` or `host`) may take it, so a catch-all
+    /// route meant for `HTTP_PROXY` calls never swallows every call the app makes.
+    pub redirected_outbound: bool,
 }
 
 impl<R> Router<R> {
@@ -91,6 +98,20 @@ impl<R> Router<R> {
             }
         }
         allowed
+    }
+
+    /// Whether any route on `listener` may take a request on a connection to `destination`
+    /// (a route without a `destination` condition may take any).
+    /// `outbound`: the listener is outbound (see [`RouteQuery::redirected_outbound`]).
+    pub fn serves_destination(&self, listener: usize, destination: std::net::SocketAddr, outbound: bool) -> bool {
+        self.routes.iter().any(|(route, listeners, _)| {
+            let m = &route.matcher;
+            (listeners.is_empty() || listeners.contains(&listener))
+                && match m.destination {
+                    Some(d) => d.matches(destination),
+                    None => !outbound || m.host.is_some(),
+                }
+        })
     }
 
     /// Every route, in order.
@@ -187,6 +208,11 @@ fn matches(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
 
 fn matches_except_method(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
     let m = &route.matcher;
+    match &m.destination {
+        Some(d) if !q.destination.is_some_and(|dst| d.matches(dst)) => return false,
+        None if q.redirected_outbound && m.host.is_none() => return false,
+        _ => {}
+    }
     // Proxy-style requests name their destination; only a route that names that host may
     // take them, so outrigger never becomes an open proxy.
     match (&m.host, q.host) {
@@ -262,6 +288,17 @@ mod tests {
         headers: &[(&str, &str)],
         listener: usize,
     ) -> Option<&'r str> {
+        find_to(r, method, uri, headers, listener, None)
+    }
+
+    fn find_to<'r>(
+        r: &'r Router<()>,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        listener: usize,
+        destination: Option<&str>,
+    ) -> Option<&'r str> {
         let mut b = http::Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
@@ -288,9 +325,40 @@ mod tests {
                 host,
                 port,
                 absolute_form,
+                destination: destination.map(|d| d.parse().unwrap()),
+                redirected_outbound: false,
             },
         )
         .map(|(route, _)| route.name.as_str())
+    }
+
+    #[test]
+    fn destination_rules_match_the_original_destination_by_range_and_port() {
+        let r = router(
+            "  - {name: tls-range, match: {destination: \"10.0.0.0/8:443\"}, upstream: u}\n\
+             \x20 - {name: one-host, match: {destination: \"192.168.1.7:80\", host: api}, upstream: u}\n\
+             \x20 - {name: v6, match: {destination: \"[fd00::/8]:8080\"}, upstream: u}\n\
+             \x20 - {name: any-8080, match: {destination: \":8080\"}, upstream: u, listener: b}\n",
+        );
+        let get =
+            |dst: Option<&str>, host: &str, listener: usize| find_to(&r, "GET", "/", &[("host", host)], listener, dst);
+        assert_eq!(get(Some("10.3.4.5:443"), "x", 0), Some("tls-range"));
+        assert_eq!(get(Some("11.3.4.5:443"), "x", 0), None);
+        assert_eq!(get(Some("10.3.4.5:444"), "x", 0), None);
+        assert_eq!(get(Some("192.168.1.7:80"), "api", 0), Some("one-host"));
+        assert_eq!(get(Some("192.168.1.7:80"), "web", 0), None);
+        assert_eq!(get(Some("192.168.1.8:80"), "api", 0), None);
+        assert_eq!(get(Some("[fd00::1]:8080"), "x", 0), Some("v6"));
+        // An IPv4 address carried in IPv6 is an IPv4 destination.
+        assert_eq!(get(Some("[::ffff:10.1.1.1]:443"), "x", 0), Some("tls-range"));
+        assert_eq!(get(Some("[fe80::1]:8080"), "x", 1), Some("any-8080"));
+        assert_eq!(get(Some("[fe80::1]:8080"), "x", 0), None);
+        // A request whose connection's destination is unknown never takes a destination route.
+        assert_eq!(get(None, "x", 0), None);
+        assert!(r.serves_destination(0, "10.9.9.9:443".parse().unwrap(), false));
+        assert!(!r.serves_destination(0, "10.9.9.9:8080".parse().unwrap(), false));
+        assert!(r.serves_destination(1, "10.9.9.9:8080".parse().unwrap(), true));
+        assert!(!r.serves_destination(1, "10.9.9.9:9090".parse().unwrap(), true));
     }
 
     #[test]
@@ -409,7 +477,7 @@ mod tests {
                 }
                 let (parts, ()) = b.body(()).unwrap().into_parts();
                 let req = Request { method: &parts.method, uri: &parts.uri, headers: &parts.headers };
-                let q = RouteQuery { listener, host: Some("svc"), port: None, absolute_form: false };
+                let q = RouteQuery { listener, host: Some("svc"), port: None, absolute_form: false, destination: None, redirected_outbound: false };
                 let indexed = r.find(&req, &q).map(|(route, _)| route.name.as_str());
                 proptest::prop_assert_eq!(indexed, find_linear(&r, &req, &q), "path {} in\n{}", path, yaml);
             }

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     /// `outrigger_faults_injected_total{route}`
     pub faults_injected: IntCounterVec,
+    /// `outrigger_stale_served_total{route}`
+    pub stale_served: IntCounterVec,
+    /// `outrigger_stale_bytes{route}`
+    pub stale_bytes: IntGaugeVec,
+    /// `outrigger_redirected_connections_total{listener, outcome}`
+    pub redirected_connections: IntCounterVec,
     /// `outrigger_tls_handshake_failures_total{listener, reason}`
     pub tls_handshake_failures: IntCounterVec,
     /// `outrigger_tls_certificate_expiry_timestamp_seconds{scope, name}`
@@ -241,6 +247,24 @@ impl Metrics {
                 "outrigger_faults_injected_total",
                 "Faults injected for rehearsals (delays and aborts).",
                 &["route"],
+            )?,
+            stale_served: counter(
+                &r,
+                "outrigger_stale_served_total",
+                "Kept answers (stale_if_error) served instead of an upstream failure.",
+                &["route"],
+            )?,
+            stale_bytes: gauge(
+                &r,
+                "outrigger_stale_bytes",
+                "Memory held by a route's kept answers (stale_if_error), heads and bodies; never above its max_bytes.",
+                &["route"],
+            )?,
+            redirected_connections: counter(
+                &r,
+                "outrigger_redirected_connections_total",
+                "Connections redirected to a listener (transparent mode), by what became of them: http (served by routes), passthrough (forwarded as TCP to their original destination), refused.",
+                &["listener", "outcome"],
             )?,
             config_reloads,
             ready: {

@@ -11,6 +11,7 @@
 //! | `/problem/N` | status N with an `application/problem+json` body of the service's own |
 //! | `/drip/N` | N chunks of `tick\n`, 100 ms apart (a slow stream) |
 //! | `/ws` | a WebSocket echo |
+//! | `/cacheable/...?h=Name:Value&...` | 200 with those response headers; the body names the path, the query, the request's `accept-language` and a number unique to this answer |
 //! | anything else | `200 ok` |
 
 use std::future::Future;
@@ -186,6 +187,31 @@ pub(crate) async fn answer(req: Request<Incoming>, mode: Mode) -> Response<TestB
         let mut r = fixed(429, "text/plain", "slow down\n");
         if let Ok(v) = HeaderValue::from_str(v) {
             r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    if path.starts_with("/cacheable/") {
+        static ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let query = req.uri().query().unwrap_or("");
+        let mut r = fixed(200, "text/plain", format!("{path}?{query} lang={lang} answer#{n}"));
+        for pair in query.split('&') {
+            if let Some((name, value)) = pair
+                .strip_prefix("h=")
+                .map(|h| h.replace("%20", " "))
+                .and_then(|h| h.split_once(':').map(|(a, b)| (a.to_owned(), b.to_owned())))
+                && let (Ok(name), Ok(value)) = (
+                    http::header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                )
+            {
+                r.headers_mut().append(name, value);
+            }
         }
         return r;
     }

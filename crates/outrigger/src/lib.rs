@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod iptables;
 
 use outrigger_config::{Config, ConfigError};
 
@@ -29,7 +30,8 @@ const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!(
         outrigger check -c config/outrigger.yaml    validate a config and show its routes\n  \
         outrigger check -c my.yaml --deny-warnings  also fail on contradictory settings (for CI)\n  \
         kubectl logs POD -c outrigger | outrigger explain -   what failed, why, what to do first\n  \
-        outrigger demo                              watch it heal a failing upstream (1 minute)\n\n\
+        outrigger demo                              watch it heal a failing upstream (1 minute)\n  \
+        outrigger init-iptables --dry-run           the rules of transparent mode, for review\n\n\
         Exit codes: 0 ok, 1 runtime or config failure, 2 usage error."
 )]
 struct Cli {
@@ -104,6 +106,18 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
         gap: std::time::Duration,
     },
+    /// Install the redirect rules of transparent mode in this network namespace (an init container with NET_ADMIN).
+    #[command(
+        name = "init-iptables",
+        after_help = "Inbound TCP to the app's ports goes to the inbound listener; the app's outbound TCP goes to the outbound \
+        listener, except outrigger's own (by uid), traffic within the pod, the admin port and what is excluded. Running it \
+        again changes nothing; --remove takes every rule away. Ports come from the config: the listeners', the admin's, and \
+        (inbound) the loopback endpoints the inbound routes send to.\n\n\
+        Examples:\n  outrigger init-iptables -c /etc/outrigger/outrigger.yaml\n  \
+        outrigger init-iptables --dry-run --inbound-ports 8080,9090 --exclude-outbound-cidrs 169.254.169.254/32\n  \
+        outrigger init-iptables --remove"
+    )]
+    InitIptables(iptables::Options),
 }
 
 fn parse_demo_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -135,6 +149,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config, deny_warnings } => check(&config, deny_warnings),
+        Command::InitIptables(options) => iptables::run(&options),
         Command::Demo { duration, no_tty } => demo::run(demo::Options { duration, no_tty }),
         Command::Explain {
             files,
@@ -261,6 +276,9 @@ fn summary(config: &Config) -> String {
                 "{} ",
                 m.methods.iter().map(|x| x.as_str()).collect::<Vec<_>>().join("|")
             );
+        }
+        if let Some(d) = &m.destination {
+            let _ = write!(desc, "to {d} ");
         }
         if let Some(h) = &m.host {
             let _ = write!(

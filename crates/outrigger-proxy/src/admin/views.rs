@@ -122,6 +122,7 @@ pub(super) fn config_view(c: &Config, hash: &str) -> Value {
                     "idle_timeout": dur(l.limits.idle_timeout),
                     "max_in_flight": l.limits.max_in_flight,
                 },
+                "unmatched": l.unmatched.as_str(),
             })
         })
         .collect();
@@ -194,6 +195,11 @@ pub(super) fn config_view(c: &Config, hash: &str) -> Value {
                     "allow_header": f.allow_header,
                 })),
                 "allow": r.allow.as_ref().map(|a| &a.identities),
+                "stale_if_error": r.stale_if_error.as_ref().map(|s| json!({
+                    "max_age": dur(s.max_age),
+                    "max_bytes": s.max_bytes,
+                    "key_by_credentials": s.key_by_credentials,
+                })),
             })
         })
         .collect();
@@ -264,5 +270,6 @@ fn match_view(m: &outrigger_config::RouteMatch) -> Value {
         }),
         "methods": m.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
         "headers": m.headers.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?"))).collect::<Vec<_>>(),
+        "destination": m.destination.map(|d| d.to_string()),
     })
 }

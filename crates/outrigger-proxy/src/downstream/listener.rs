@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use outrigger_config::ListenerLimits;
 
+use super::transparent::Decision;
 use crate::path::ConnCtx;
 use crate::runtime::{LiveRuntime, Runtime};
 use crate::sys::net::{Socket, Tcp};
@@ -324,6 +325,49 @@ async fn serve_connection(
         accepted.hint,
         accepted.handshakes.is_some(),
     );
+    // Where the client was going: a redirected connection's original destination, else
+    // this listener's own address.
+    let local = accepted.stream.local_addr().unwrap_or(peer);
+    let redirected = super::transparent::original_destination(&accepted.stream, local);
+    if let Some(destination) = redirected {
+        let runtime = live.load_full();
+        let Some((index, listener_rt)) = runtime.listener(&listener, hint) else {
+            return;
+        };
+        let redirect = super::transparent::Redirected {
+            runtime: &runtime,
+            listener: index,
+            unmatched: listener_rt.unmatched,
+            local,
+            destination,
+            tls,
+            header_read_timeout: builder.header_read_timeout,
+            max_header_bytes: listener_rt.max_header_bytes,
+        };
+        let decision = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            d = redirect.decide(&accepted.stream, peer) => d,
+        };
+        match decision {
+            Decision::Serve => runtime
+                .metrics
+                .redirected_connections
+                .with_label_values(&[&listener, "http"])
+                .inc(),
+            Decision::Passthrough(why) => {
+                let stream = accepted.stream;
+                super::transparent::passthrough(runtime, listener, stream, peer, destination, why).await;
+                return;
+            }
+            Decision::Refuse(why) => {
+                super::transparent::refused(&runtime, &listener, peer, destination, why);
+                let _ = socket2::SockRef::from(&accepted.stream).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            Decision::Closed => return,
+        }
+    }
     let opened = tokio::select! {
         biased;
         _ = stop.wait_for(|s| *s) => return,
@@ -343,6 +387,8 @@ async fn serve_connection(
         active: Arc::new(AtomicUsize::new(0)),
         forwarding: crate::http::headers::Forwarding::new(peer.ip(), if tls { "https" } else { "http" }),
         identity,
+        destination: redirected.unwrap_or(local),
+        redirected: redirected.is_some(),
         attempt_timer: std::sync::Mutex::new(None),
     });
     let traffic = Arc::new(Traffic {

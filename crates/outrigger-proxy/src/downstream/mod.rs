@@ -3,3 +3,4 @@
 //! (`crate::path`) and its response back to the client.
 
 pub(crate) mod listener;
+mod transparent;

@@ -7,6 +7,7 @@ use http::{Method, Response, StatusCode, Version};
 
 use crate::error::{self, ErrorClass, ErrorKind, ProxyError, RenderContext};
 use crate::http::headers::{self, X_REQUEST_ID};
+use crate::policy::stale::Stale;
 use crate::record::Completion;
 use crate::respond::{ProxyBody, ResponseBody};
 use crate::runtime::upstream::AttemptResponse;
@@ -28,13 +29,22 @@ impl Runtime {
         grpc: bool,
     ) -> Response<ResponseBody> {
         let route = fwd.route.clone();
-        // --- fallback ---
+        // --- fallback: a kept answer first (stale-if-error), then the route's fallback ---
+        let kept = route
+            .stale
+            .as_ref()
+            .and_then(|store| Some((store, store.lookup(&fwd.parts)?)));
         let answer = match tried {
             Tried::Failed(err) => {
-                if err.class() == ErrorClass::Upstream
-                    && let Some(fb) = &route.fallback
-                {
-                    return self.fallback(done, &route, fb, err.code(), Some(err));
+                if err.class() == ErrorClass::Upstream {
+                    if let Some((store, lookup)) = &kept
+                        && let Some(stale) = store.serve(lookup, &fwd.parts.headers)
+                    {
+                        return self.stale(done, stale, Some(err));
+                    }
+                    if let Some(fb) = &route.fallback {
+                        return self.fallback(done, &route, fb, err.code(), Some(err));
+                    }
                 }
                 return self.fail(done, err, grpc);
             }
@@ -42,6 +52,17 @@ impl Runtime {
         };
         let status = answer.response.status();
         if status.is_server_error() {
+            if let Some((store, lookup)) = &kept
+                && let Some(stale) = store.serve(lookup, &fwd.parts.headers)
+            {
+                let err = located(
+                    ErrorKind::UpstreamError {
+                        status: status.as_u16(),
+                    },
+                    &route,
+                );
+                return self.stale(done, stale, Some(err));
+            }
             if let Some(fb) = &route.fallback {
                 return self.fallback(done, &route, fb, "upstream_error", None);
             }
@@ -51,9 +72,10 @@ impl Runtime {
         }
 
         // --- respond ---
+        let mut response = answer.response;
+        let tee = kept.and_then(|(store, lookup)| store.tee(lookup, &fwd.parts.headers, status, response.headers()));
         // The request's head is done with: its map serves a later response ([`headers::spare_map`]).
         headers::recycle_map(std::mem::take(&mut fwd.parts.headers));
-        let mut response = answer.response;
         if let Some(client_upgrade) = fwd
             .client_upgrade
             .take()
@@ -72,7 +94,7 @@ impl Runtime {
         head.version = done.version;
         done.status = Some(status.as_u16());
         done.head_at = Some(done.started().elapsed());
-        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done));
+        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done)).with_tee(tee);
         let body = if fwd.target.grpc_timeout.is_some() {
             body.with_deadline(fwd.target.deadline, fwd.target.budget)
         } else {
@@ -141,16 +163,25 @@ impl Runtime {
         h.insert(CONTENT_LENGTH, HeaderValue::from(fb.body.len()));
         h.insert("outrigger-fallback", HeaderValue::from_static(code));
         h.insert(X_REQUEST_ID, done.request_id.clone());
-        done.status = Some(fb.status.as_u16());
         done.fallback = Some(code);
-        done.error = err;
-        let (head, body) = r.into_parts();
-        let body = if done.method == Method::HEAD {
-            ProxyBody::empty()
-        } else {
-            body
-        };
-        Response::from_parts(head, ResponseBody::new(body, Some(done)))
+        degraded(done, r, err)
+    }
+
+    /// A kept answer served for an upstream-class failure: as the upstream last sent it,
+    /// with its `Age` and `outrigger-fallback: stale`.
+    fn stale(&self, mut done: Box<Completion>, stale: Stale, err: Option<ProxyError>) -> Response<ResponseBody> {
+        let age = stale.age.as_secs();
+        let mut r = Response::new(ProxyBody::full(stale.body));
+        *r.status_mut() = stale.status;
+        *r.version_mut() = done.version;
+        *r.headers_mut() = stale.headers;
+        let h = r.headers_mut();
+        h.insert(http::header::AGE, HeaderValue::from(age));
+        h.insert("outrigger-fallback", HeaderValue::from_static("stale"));
+        h.insert(X_REQUEST_ID, done.request_id.clone());
+        done.fallback = Some("stale");
+        done.stale_age = Some(age);
+        degraded(done, r, err)
     }
 
     pub(super) fn fail(&self, mut done: Box<Completion>, err: ProxyError, grpc: bool) -> Response<ResponseBody> {
@@ -215,6 +246,20 @@ impl Runtime {
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, ResponseBody::new(ProxyBody::rendered(body), None))
     }
+}
+
+/// A degraded answer (a fallback or a kept answer) standing in for `err`, recorded as such;
+/// without a body for HEAD.
+fn degraded(mut done: Box<Completion>, r: Response<ProxyBody>, err: Option<ProxyError>) -> Response<ResponseBody> {
+    done.status = Some(r.status().as_u16());
+    done.error = err;
+    let (head, body) = r.into_parts();
+    let body = if done.method == Method::HEAD {
+        ProxyBody::empty()
+    } else {
+        body
+    };
+    Response::from_parts(head, ResponseBody::new(body, Some(done)))
 }
 
 fn is_problem_json(headers: &http::HeaderMap) -> bool {

@@ -59,6 +59,11 @@ pub(crate) struct ConnCtx {
     pub forwarding: headers::Forwarding,
     /// The client's identity from its certificate (mTLS listeners).
     pub(crate) identity: Option<crate::tls::PeerIdentity>,
+    /// Where the client's connection was going: its original destination when it was
+    /// redirected to the listener (transparent mode), else the listener's own address.
+    pub(crate) destination: std::net::SocketAddr,
+    /// The connection was redirected to the listener (transparent mode).
+    pub(crate) redirected: bool,
     /// The timer of this connection's attempts, kept between them ([`ConnCtx::attempt_timer`]).
     pub(crate) attempt_timer: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
@@ -151,7 +156,7 @@ impl Runtime {
     ) -> Result<(&ListenerRt, Arc<RouteRt>, bool), ProxyError> {
         let (index, listener) = self.admit(conn, done)?;
         admit::guard(req, listener)?;
-        let (route, absolute_form) = self.route(req, index, conn.identity.as_ref(), carried, done)?;
+        let (route, absolute_form) = self.route(req, index, conn, carried, done)?;
         Ok((listener, route, absolute_form))
     }
 }

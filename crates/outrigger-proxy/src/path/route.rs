@@ -14,9 +14,8 @@ use crate::policy::fault;
 use crate::record::Completion;
 use crate::router::{RouteQuery, split_authority};
 use crate::runtime::{RouteRt, Runtime};
-use crate::tls::PeerIdentity;
 
-use super::located;
+use super::{ConnCtx, located};
 
 impl Runtime {
     /// The route that takes the request (404 `route_not_found`, or 405 when only the method
@@ -27,23 +26,15 @@ impl Runtime {
         &self,
         req: &Request<Incoming>,
         listener: usize,
-        identity: Option<&PeerIdentity>,
+        conn: &ConnCtx,
         carried: headers::Carried,
         done: &mut Completion,
     ) -> Result<(Arc<RouteRt>, bool), ProxyError> {
-        let absolute_form = req.version() <= Version::HTTP_11 && req.uri().authority().is_some();
-        // What is routed on here is what the upstream gets as `Host` (`rewrite`).
-        let authority = routed_authority(req, carried.host, absolute_form)
+        let identity = conn.identity.as_ref();
+        let redirected_outbound = conn.redirected && self.is_outbound(listener);
+        let query = route_query(req, listener, carried.host, Some(conn.destination), redirected_outbound)
             .map_err(|reason| ProxyError::new(ErrorKind::BadRequest { reason }))?;
-        let (host, port) = authority
-            .map(split_authority)
-            .map_or((None, None), |(h, p)| (Some(h), p));
-        let query = RouteQuery {
-            listener,
-            host,
-            port,
-            absolute_form,
-        };
+        let absolute_form = query.absolute_form;
         let request = crate::router::Request {
             method: req.method(),
             uri: req.uri(),
@@ -75,6 +66,59 @@ impl Runtime {
         }
         Ok((route, absolute_form))
     }
+
+    /// Whether a route on `listener` takes this request on a connection to `destination`
+    /// (transparent mode looks at a redirected connection's first request before deciding
+    /// to serve it). A malformed request is taken: serving it answers it with a 400.
+    pub(crate) fn takes(&self, req: &Request<()>, listener: usize, destination: std::net::SocketAddr) -> bool {
+        let carries_host = req.headers().contains_key(HOST);
+        let Ok(query) = route_query(
+            req,
+            listener,
+            carries_host,
+            Some(destination),
+            self.is_outbound(listener),
+        ) else {
+            return true;
+        };
+        let request = crate::router::Request {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        };
+        self.router.find(&request, &query).is_some()
+    }
+
+    /// Whether the listener at this index is outbound.
+    pub(crate) fn is_outbound(&self, listener: usize) -> bool {
+        self.listeners
+            .get(listener)
+            .is_some_and(|l| l.role == outrigger_config::Role::Outbound)
+    }
+}
+
+/// What the router looks at for `req`: the authority it is routed on (what the upstream
+/// also gets as `Host`), the listener and the connection's destination.
+fn route_query<B>(
+    req: &Request<B>,
+    listener: usize,
+    carries_host: bool,
+    destination: Option<std::net::SocketAddr>,
+    redirected_outbound: bool,
+) -> Result<RouteQuery<'_>, &'static str> {
+    let absolute_form = req.version() <= Version::HTTP_11 && req.uri().authority().is_some();
+    let authority = routed_authority(req, carries_host, absolute_form)?;
+    let (host, port) = authority
+        .map(split_authority)
+        .map_or((None, None), |(h, p)| (Some(h), p));
+    Ok(RouteQuery {
+        listener,
+        host,
+        port,
+        absolute_form,
+        destination,
+        redirected_outbound,
+    })
 }
 
 /// The route's fault, if it has one and it strikes this request: a delay (waited here, not
@@ -107,8 +151,8 @@ pub(super) async fn inject_fault(
 /// target's when it has one (absolute form, or HTTP/2's `:authority`: RFC 9112 §3.2.2,
 /// RFC 9113 §8.3.1), else its one `Host` field. Two `Host` fields, an invalid one, or an
 /// HTTP/1.1 request without one are malformed (RFC 9112 §3.2): the reason, for a 400.
-fn routed_authority(
-    req: &Request<Incoming>,
+fn routed_authority<B>(
+    req: &Request<B>,
     carries_host: bool,
     absolute_form: bool,
 ) -> Result<Option<&str>, &'static str> {

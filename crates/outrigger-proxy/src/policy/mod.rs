@@ -8,3 +8,4 @@ pub(crate) mod balance;
 pub mod circuit;
 pub(crate) mod fault;
 pub(crate) mod retry;
+pub(crate) mod stale;

@@ -333,8 +333,10 @@ pub(crate) struct Completion {
     pub(crate) trace: crate::http::trace::TraceContext,
     /// The client asked for HTML error pages.
     pub(crate) wants_html: bool,
-    /// The fallback served, by the code it stands in for.
+    /// The fallback served, by the code it stands in for (`stale`: a kept answer).
     pub(crate) fallback: Option<&'static str>,
+    /// A kept answer (stale-if-error) was served: its age in seconds.
+    pub(crate) stale_age: Option<u64>,
     /// The listener's in-flight slot, held until the response is done.
     pub(crate) admitted: Option<crate::sys::counter::Slot>,
     /// The client's identity from its certificate (mTLS listeners).
@@ -382,6 +384,7 @@ impl Completion {
             notes: Vec::new(),
             fault: None,
             fallback: None,
+            stale_age: None,
             upstream_body: None,
             trace,
             waited: Duration::ZERO,
@@ -600,6 +603,13 @@ impl Completion {
             msg.push('.');
         };
         let (level, msg) = match (&self.error, self.status) {
+            (e, Some(s)) if let Some(age) = self.stale_age => (
+                Level::WARN,
+                Some(format!(
+                    "{method} {path} was answered {s} from its last good response ({age}s old) instead of {}.",
+                    e.as_ref().map_or("upstream_error", |e| e.code())
+                )),
+            ),
             (_, Some(s)) if self.fallback.is_some() => (
                 Level::WARN,
                 Some(format!(
@@ -710,6 +720,9 @@ impl Completion {
         }
         if let Some(code) = self.fallback {
             f.str("fallback", code);
+        }
+        if let Some(age) = self.stale_age {
+            f.uint("stale_age_s", age);
         }
         if let Some(c) = self.cause() {
             f.str("cause", &c);

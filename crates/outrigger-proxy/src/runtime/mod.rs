@@ -46,6 +46,8 @@ pub(crate) struct RouteRt {
     /// Only these client identities may use the route.
     pub(crate) allow: Option<outrigger_config::Allow>,
     pub(crate) fallbacks: IntCounter,
+    /// The route's last good answers (`stale_if_error`).
+    pub(crate) stale: Option<Arc<crate::policy::stale::StaleStore>>,
     pub(crate) faults: IntCounter,
 }
 
@@ -73,6 +75,8 @@ pub(crate) struct ListenerRt {
     pub(crate) name: Arc<str>,
     /// Its TLS, when it terminates TLS.
     pub(crate) tls: Option<Arc<crate::tls::rotate::LiveServer>>,
+    /// What becomes of a redirected connection no route takes.
+    pub(crate) unmatched: outrigger_config::Unmatched,
 }
 
 impl ListenerRt {
@@ -196,6 +200,20 @@ impl Runtime {
                     }),
                     fault: r.fault.clone(),
                     allow: r.allow.clone(),
+                    // Kept answers outlive a reload that left the route's store as it was.
+                    stale: r.stale_if_error.as_ref().map(|cfg| {
+                        match before
+                            .and_then(|(_, rt)| rt.stale.as_ref())
+                            .filter(|s| s.config() == cfg)
+                        {
+                            Some(kept) => kept.clone(),
+                            None => Arc::new(crate::policy::stale::StaleStore::new(
+                                cfg.clone(),
+                                metrics.stale_served.with_label_values(&[name]),
+                                metrics.stale_bytes.with_label_values(&[name]),
+                            )),
+                        }
+                    }),
                     fallbacks: metrics.fallbacks.with_label_values(&[name]),
                     faults: metrics.faults_injected.with_label_values(&[name]),
                 };
@@ -232,6 +250,7 @@ impl Runtime {
                         name: before.map_or_else(|| l.name.as_str().into(), |b| b.name.clone()),
                         tls: live.clone(),
                         role: l.role,
+                        unmatched: l.unmatched,
                         max_header_bytes: l.limits.max_header_bytes,
                         max_in_flight: l.limits.max_in_flight,
                         in_flight: before.map_or_else(Arc::default, |b| b.in_flight.clone()),
