@@ -63,6 +63,10 @@ echo "--- the ConfigMaps' configs pass outrigger check"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 export POD_NAMESPACE=shop SERVICE_NAME=checkout
 "$bin" check --deny-warnings -c kubernetes/outrigger.yaml
+"$bin" check --deny-warnings -c kubernetes/transparent/outrigger.yaml
+# The transparent variant's init container gets rules from that config (printed, not applied).
+"$bin" init-iptables --dry-run -c kubernetes/transparent/outrigger.yaml --exclude-outbound-cidrs 169.254.169.254/32 \
+  | grep -q 'inbound TCP to ports 8080 -> :15001; outbound TCP -> :15002'
 # The TLS variant reads its certificate files: give it a CA and a certificate like the
 # cert-manager Secret's, at a temporary path.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=mesh-ca \

@@ -134,6 +134,11 @@ async fn the_memory_bound_holds_under_many_distinct_urls() {
     assert_eq!(get(&proxy, "/bytes/20000", &[]).await.status, 200);
     let held = proxy.metric("outrigger_stale_bytes", &["route=\"api\""]).await;
     assert!(held > 32.0 * 1024.0 && held <= 64.0 * 1024.0, "held {held} bytes");
+    let (_, routes) = proxy.admin_get("/debug/routes").await;
+    let view: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    let held_view = &view["routes"][0]["stale_if_error"];
+    assert!(held_view["bytes"].as_f64().unwrap() <= 64.0 * 1024.0, "{held_view}");
+    assert!(held_view["entries"].as_u64().unwrap() > 50, "{held_view}");
     let rss_before = proxy.memory_kib("VmRSS");
     up.set_mode(Mode::Status(503));
     // The newest answers are kept, the oldest made room for them.

@@ -79,16 +79,32 @@ impl std::fmt::Display for BodyIdle {
 
 impl std::error::Error for BodyIdle {}
 
-/// The timers of a response body that had to wait for the upstream. Made at its first wait
-/// (or with a gRPC deadline), so a body that comes with its head carries none: a larger
+/// What only some response bodies need: the timers of one that had to wait for the
+/// upstream, and the copy kept for stale-if-error. Made at the first wait (or with a gRPC
+/// deadline, or a copy), so a body that comes with its head carries none: a larger
 /// `ResponseBody` cost a `memcpy` on each of the moves hyper makes of it.
-struct Timers {
+#[derive(Default)]
+struct Extras {
     /// gRPC: the stream must end by then; the deadline's length, for the log.
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
     /// The longest silence allowed (the route's `body_idle_timeout`), and its timer.
     idle: Option<(Pin<Box<tokio::time::Sleep>>, std::time::Duration)>,
     /// The idle timer runs for the current silence (one clock read when it starts).
     idle_armed: bool,
+    /// A copy of the body being kept for stale-if-error, when the route keeps answers.
+    tee: Option<Box<crate::policy::stale::Tee>>,
+}
+
+impl Extras {
+    /// The body ended (`whole`, or cut off): its copy is kept or dropped.
+    #[cold]
+    fn keep_copy(&mut self, whole: bool) {
+        if let Some(tee) = self.tee.take()
+            && whole
+        {
+            (*tee).keep();
+        }
+    }
 }
 
 /// A response body on its way to the client, with the request's completion record. An
@@ -97,9 +113,7 @@ struct Timers {
 pub(crate) struct ResponseBody {
     body: ProxyBody,
     completion: Option<Box<Completion>>,
-    timers: Option<Box<Timers>>,
-    /// A copy of the body being kept for stale-if-error, when the route keeps answers.
-    tee: Option<Box<crate::policy::stale::Tee>>,
+    extras: Option<Box<Extras>>,
 }
 
 impl ResponseBody {
@@ -107,33 +121,41 @@ impl ResponseBody {
         ResponseBody {
             body,
             completion,
-            timers: None,
-            tee: None,
+            extras: None,
         }
     }
 
-    /// Keeps a copy of the body as it streams (stale-if-error), kept when it ends whole.
-    pub(crate) fn with_tee(mut self, tee: Option<Box<crate::policy::stale::Tee>>) -> Self {
-        self.tee = tee;
-        self
+    /// An upstream's body, with a copy kept as it streams when `tee` is given
+    /// (stale-if-error; kept when the body ends whole).
+    pub(crate) fn upstream(
+        body: UpstreamBody,
+        completion: Box<Completion>,
+        tee: Option<Box<crate::policy::stale::Tee>>,
+    ) -> Self {
+        ResponseBody {
+            body: ProxyBody::Upstream(body),
+            completion: Some(completion),
+            extras: tee.map(|tee| {
+                Box::new(Extras {
+                    tee: Some(tee),
+                    ..Extras::default()
+                })
+            }),
+        }
     }
 
     /// Ends the stream with an error (HTTP/2 RST_STREAM, or a closed HTTP/1 connection) if it
     /// is still going at `at`; `budget` is the deadline's length, for the log.
     pub(crate) fn with_deadline(mut self, at: tokio::time::Instant, budget: std::time::Duration) -> Self {
-        self.timers = Some(Box::new(Timers {
-            deadline: Some((Box::pin(tokio::time::sleep_until(at)), budget)),
-            idle: None,
-            idle_armed: false,
-        }));
+        self.extras.get_or_insert_with(Box::default).deadline = Some((Box::pin(tokio::time::sleep_until(at)), budget));
         self
     }
 
     fn finish(&mut self, error: Option<(Code, String)>) {
-        if let Some(tee) = self.tee.take()
-            && error.is_none()
+        if let Some(extras) = self.extras.as_mut()
+            && extras.tee.is_some()
         {
-            (*tee).keep();
+            extras.keep_copy(error.is_none());
         }
         if let Some(mut c) = self.completion.take() {
             c.body_finished(error);
@@ -144,13 +166,7 @@ impl ResponseBody {
     /// out, after (re)arming the idle timer for this silence.
     fn waiting(&mut self, cx: &mut Context<'_>) -> Option<BoxError> {
         let idle_limit = self.completion.as_ref().and_then(|c| c.body_idle_timeout());
-        let timers = self.timers.get_or_insert_with(|| {
-            Box::new(Timers {
-                deadline: None,
-                idle: None,
-                idle_armed: false,
-            })
-        });
+        let timers = self.extras.get_or_insert_with(Box::default);
         if let Some((sleep, budget)) = timers.deadline.as_mut()
             && sleep.as_mut().poll(cx).is_ready()
         {
@@ -188,16 +204,17 @@ impl Body for ResponseBody {
             ProxyBody::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
             ProxyBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(mut frame) => {
-                    if let Some(t) = this.timers.as_mut() {
+                    if let Some(t) = this.extras.as_mut() {
                         t.idle_armed = false;
+                        if let Some(Ok(f)) = &frame
+                            && let Some(tee) = &mut t.tee
+                            && f.data_ref().is_some_and(|d| !tee.push(d))
+                        {
+                            t.tee = None;
+                        }
                     }
                     if let Some(Ok(f)) = &mut frame {
                         crate::http::headers::strip_frame_trailers(f);
-                        if let Some(tee) = &mut this.tee
-                            && f.data_ref().is_some_and(|d| !tee.push(d))
-                        {
-                            this.tee = None;
-                        }
                     }
                     frame
                 }
@@ -212,7 +229,9 @@ impl Body for ResponseBody {
         match &polled {
             None => this.finish(None),
             Some(Err(e)) => {
-                this.tee = None;
+                if let Some(t) = this.extras.as_mut() {
+                    t.tee = None;
+                }
                 // Bytes that are not HTTP (bad chunk framing, bare LFs) are the upstream's
                 // protocol error; anything else cut the body off.
                 let code = match e.downcast_ref::<crate::upstream::h1::Error>() {
@@ -249,8 +268,8 @@ impl Drop for ResponseBody {
             // hyper may never poll a body that is empty from the start (HEAD, 204, 304); one
             // that still had frames to send was abandoned by the client.
             if self.body.is_end_stream() {
-                if let Some(tee) = self.tee.take() {
-                    (*tee).keep();
+                if let Some(extras) = self.extras.as_mut() {
+                    extras.keep_copy(true);
                 }
                 c.body_finished(None);
             } else {

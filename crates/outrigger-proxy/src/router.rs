@@ -100,16 +100,16 @@ impl<R> Router<R> {
         allowed
     }
 
-    /// Whether any route on `listener` may take a request on a connection to `destination`
-    /// (a route without a `destination` condition may take any).
-    /// `outbound`: the listener is outbound (see [`RouteQuery::redirected_outbound`]).
+    /// Whether a route on `listener` claims a redirected connection to `destination`: one
+    /// whose `destination` matches it, or (`outbound` false) one without a `destination`.
+    /// On an outbound listener only a named destination claims one, so the app's calls to
+    /// destinations no route names keep going where they were going.
     pub fn serves_destination(&self, listener: usize, destination: std::net::SocketAddr, outbound: bool) -> bool {
         self.routes.iter().any(|(route, listeners, _)| {
-            let m = &route.matcher;
             (listeners.is_empty() || listeners.contains(&listener))
-                && match m.destination {
+                && match route.matcher.destination {
                     Some(d) => d.matches(destination),
-                    None => !outbound || m.host.is_some(),
+                    None => !outbound,
                 }
         })
     }
@@ -208,10 +208,8 @@ fn matches(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
 
 fn matches_except_method(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -> bool {
     let m = &route.matcher;
-    match &m.destination {
-        Some(d) if !q.destination.is_some_and(|dst| d.matches(dst)) => return false,
-        None if q.redirected_outbound && m.host.is_none() => return false,
-        _ => {}
+    if (m.destination.is_some() || q.redirected_outbound) && !destination_allows(route, q) {
+        return false;
     }
     // Proxy-style requests name their destination; only a route that names that host may
     // take them, so outrigger never becomes an open proxy.
@@ -234,6 +232,18 @@ fn matches_except_method(route: &Route, req: &Request<'_>, q: &RouteQuery<'_>) -
     m.headers
         .iter()
         .all(|(name, value)| req.headers.get_all(name).iter().any(|v| v == value))
+}
+
+/// A route's `destination` rule, and the rule that a connection redirected to an outbound
+/// listener is only taken by a route that names where it goes. Out of line: most routes and
+/// requests have neither.
+#[inline(never)]
+fn destination_allows(route: &Route, q: &RouteQuery<'_>) -> bool {
+    let m = &route.matcher;
+    match &m.destination {
+        Some(d) => q.destination.is_some_and(|dst| d.matches(dst)),
+        None => !(q.redirected_outbound && m.host.is_none()),
+    }
 }
 
 /// Splits an authority (`host`, `host:port`, `[v6]:port`) into host and port.

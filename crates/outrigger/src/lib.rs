@@ -300,7 +300,8 @@ fn summary(config: &Config) -> String {
                     r.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
                 );
             }
-            _ => desc.push_str("(any path)"),
+            _ if desc.is_empty() || desc.ends_with(' ') => desc.push_str("(any path)"),
+            _ => desc.push_str(" (any path)"),
         }
         if !m.headers.is_empty() {
             let _ = write!(desc, " +{} header rule(s)", m.headers.len());

@@ -47,6 +47,12 @@ pub(super) fn routes_view(rt: &crate::runtime::Runtime) -> Value {
                 "in_flight": live.record.in_flight.get(),
                 "fallbacks": live.fallbacks.get(),
                 "faults_injected": live.faults.get(),
+                "stale_if_error": live.stale.as_ref().map(|s| json!({
+                    "entries": s.held().0,
+                    "bytes": s.held().1,
+                    "max_bytes": s.config().max_bytes,
+                    "served": s.served.get(),
+                })),
             })
         })
         .collect();

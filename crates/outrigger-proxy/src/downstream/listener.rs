@@ -342,7 +342,6 @@ async fn serve_connection(
             destination,
             tls,
             header_read_timeout: builder.header_read_timeout,
-            max_header_bytes: listener_rt.max_header_bytes,
         };
         let decision = tokio::select! {
             biased;

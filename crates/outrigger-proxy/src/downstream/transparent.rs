@@ -1,12 +1,13 @@
 //! Transparent mode: connections that netfilter redirected to a listener
 //! (`outrigger init-iptables`), told apart by their original destination.
 //!
-//! A redirected connection is served by the routes when a route may take it: one whose
-//! `destination` matches (or that has none) and, for plain HTTP/1.1, that takes its first
-//! request (peeked, not read, so hyper still reads it whole). Everything else (no route
-//! for the destination, TLS the app originates, a protocol that is not HTTP, a client that
-//! waits for the server to speak first) follows the listener's `unmatched`: forwarded
-//! untouched as TCP to where it was going, or closed. A connection whose original
+//! A redirected connection is served by the routes when a route claims its destination
+//! (outbound: a route whose `destination` matches; inbound: also one without a
+//! `destination`) and it speaks HTTP (its first bytes are peeked, not read). Everything
+//! else (no route for the destination, TLS the app originates, a protocol that is not
+//! HTTP, a client that waits for the server to speak first) follows the listener's
+//! `unmatched`: forwarded untouched as TCP to where it was going, or closed. Request heads
+//! are not looked into here: hyper stays the one parser of request bytes. A connection whose original
 //! destination is outrigger itself is always closed: forwarding it would loop.
 
 use std::collections::HashSet;
@@ -33,9 +34,6 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a connection to outrigger itself is refused.
 const LOOP: &str = "its original destination is outrigger itself (a forwarding loop)";
-
-/// Most headers a first request may have for outrigger to route it (hyper's own limit).
-const MAX_HEADERS: usize = 100;
 
 /// Where an accepted connection was going, when netfilter redirected it here (its original
 /// destination differs from the address it arrived on). IPv4 addresses carried in IPv6 are
@@ -82,7 +80,6 @@ pub(crate) struct Redirected<'a> {
     /// handshake: only its destination decides).
     pub(crate) tls: bool,
     pub(crate) header_read_timeout: Duration,
-    pub(crate) max_header_bytes: usize,
 }
 
 impl Redirected<'_> {
@@ -107,18 +104,10 @@ impl Redirected<'_> {
         if self.tls {
             return Decision::Serve;
         }
-        let limit = (self.max_header_bytes + 1024).max(8192);
-        let mut buf = vec![0u8; limit];
+        // A request line longer than this is served (hyper answers it).
+        let mut buf = vec![0u8; 8192];
         match peek_head(stream, &mut buf, self.header_read_timeout).await {
-            Ok(Peeked::Head(n)) => match first_request(&buf[..n]) {
-                FirstRequest::Parsed(req) if self.runtime.takes(&req, self.listener, self.destination) => {
-                    Decision::Serve
-                }
-                FirstRequest::Parsed(_) => unmatched("no route takes its first request"),
-                FirstRequest::Http => Decision::Serve,
-                FirstRequest::NotHttp => unmatched("it does not speak HTTP"),
-            },
-            Ok(Peeked::Http2) | Ok(Peeked::Partial) => Decision::Serve,
+            Ok(Peeked::Http1 | Peeked::Http2 | Peeked::Partial) => Decision::Serve,
             Ok(Peeked::Tls) => unmatched("it is TLS (outrigger never intercepts an app's own TLS)"),
             Ok(Peeked::NotHttp) => unmatched("it does not speak HTTP"),
             Ok(Peeked::Silent) => unmatched("it sent nothing within 1s (a protocol in which the server speaks first?)"),
@@ -155,12 +144,29 @@ fn is_local(ip: IpAddr) -> bool {
     ip.is_unspecified() || ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
+/// Whether the first bytes can begin an HTTP/1 request: a method (upper-case letters) and a
+/// space, and, once the first line has ended, ` HTTP/1.0` or ` HTTP/1.1` at its end (so a
+/// line protocol such as Redis's `SET k v` is not taken for HTTP and waited on).
+fn looks_like_http1(seen: &[u8]) -> bool {
+    let method = seen.iter().take_while(|b| **b != b' ').count();
+    if !seen[..method].iter().all(u8::is_ascii_uppercase) {
+        return false;
+    }
+    match seen.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => {
+            let line = &seen[..end];
+            method > 0 && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+        }
+        None => true,
+    }
+}
+
 enum Peeked {
-    /// A whole HTTP/1 request head (or as much as fits the buffer): this many bytes.
-    Head(usize),
+    /// A whole HTTP/1 request line (or as much as fits the buffer).
+    Http1,
     /// The HTTP/2 connection preface.
     Http2,
-    /// HTTP/1-looking bytes whose head did not complete within the header read timeout.
+    /// HTTP/1-looking bytes whose first line did not complete within the header read timeout.
     Partial,
     /// A TLS handshake record.
     Tls,
@@ -176,7 +182,7 @@ enum Peeked {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Peeks at the connection's first bytes until they tell what it speaks: for HTTP/1, until
-/// the first request head is complete (or fills `buf`).
+/// the first request line is complete (or fills `buf`).
 async fn peek_head(stream: &TcpStream, buf: &mut [u8], header_read_timeout: Duration) -> io::Result<Peeked> {
     let first_wait = FIRST_BYTES_WAIT.min(header_read_timeout);
     let Ok(first) = tokio::time::timeout(first_wait, stream.peek(buf)).await else {
@@ -196,11 +202,10 @@ async fn peek_head(stream: &TcpStream, buf: &mut [u8], header_read_timeout: Dura
             if seen.len() >= H2_PREFACE.len() {
                 return Ok(Peeked::Http2);
             }
-        } else if !seen.iter().take_while(|b| **b != b' ').all(u8::is_ascii_uppercase) {
-            // A request line starts with a method: upper-case letters, then a space.
+        } else if !looks_like_http1(seen) {
             return Ok(Peeked::NotHttp);
-        } else if seen.windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
-            return Ok(Peeked::Head(n));
+        } else if seen.windows(2).any(|w| w == b"\r\n") || n == buf.len() {
+            return Ok(Peeked::Http1);
         }
         if Instant::now() >= until {
             return Ok(Peeked::Partial);
@@ -209,42 +214,6 @@ async fn peek_head(stream: &TcpStream, buf: &mut [u8], header_read_timeout: Dura
         // would spin on the bytes already here.
         tokio::time::sleep(Duration::from_millis(5)).await;
         n = stream.peek(buf).await?;
-    }
-}
-
-enum FirstRequest {
-    /// A request head outrigger can route.
-    Parsed(Box<http::Request<()>>),
-    /// HTTP, but malformed: served, so hyper answers it (400, 431).
-    Http,
-    /// Not an HTTP request at all.
-    NotHttp,
-}
-
-/// Parses a peeked request head with httparse (what hyper parses it with).
-fn first_request(bytes: &[u8]) -> FirstRequest {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
-        // A head too large for the buffer, or with too many headers: hyper refuses it.
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => return FirstRequest::Http,
-        Err(_) => return FirstRequest::NotHttp,
-    }
-    let mut builder = http::Request::builder()
-        .method(parsed.method.unwrap_or("GET"))
-        .uri(parsed.path.unwrap_or("/"))
-        .version(if parsed.version == Some(0) {
-            http::Version::HTTP_10
-        } else {
-            http::Version::HTTP_11
-        });
-    for h in parsed.headers.iter() {
-        builder = builder.header(h.name, h.value);
-    }
-    match builder.body(()) {
-        Ok(req) => FirstRequest::Parsed(Box::new(req)),
-        Err(_) => FirstRequest::Http,
     }
 }
 
@@ -362,22 +331,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_requests_are_parsed_like_hyper_parses_them() {
-        let FirstRequest::Parsed(req) = first_request(b"GET /a?b=1 HTTP/1.1\r\nHost: api:8080\r\nX: y\r\n\r\n") else {
-            panic!("a plain GET must parse");
-        };
-        assert_eq!(req.uri().path(), "/a");
-        assert_eq!(req.headers()["host"], "api:8080");
-        assert!(matches!(first_request(b"\x16\x03\x01\x02\x00"), FirstRequest::NotHttp));
-        assert!(matches!(
-            first_request(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"),
-            FirstRequest::NotHttp
-        ));
-        let many: String = (0..200).map(|i| format!("h{i}: v\r\n")).collect();
-        assert!(matches!(
-            first_request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
-            FirstRequest::Http
-        ));
+    fn only_what_can_begin_an_http1_request_is_taken_for_one() {
+        for yes in [
+            &b"G"[..],
+            b"GET",
+            b"GET /",
+            b"GET / HTTP/1.1\r\n",
+            b"POST /x HTTP/1.0\r\nHost: a",
+        ] {
+            assert!(looks_like_http1(yes), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"\x16\x03\x01"[..],
+            b"get / HTTP/1.1",
+            b"SET k v\r\n",
+            b"PING\r\n",
+            b"GET / HTTP/2.0\r\n",
+            b" / HTTP/1.1\r\n",
+        ] {
+            assert!(!looks_like_http1(no), "{}", String::from_utf8_lossy(no));
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ impl Runtime {
     /// else goes back as the upstream sent it, with its body streaming.
     pub(super) fn answer(
         &self,
-        mut done: Box<Completion>,
+        done: Box<Completion>,
         fwd: &mut Forward,
         tried: Tried,
         request_id: HeaderValue,
@@ -30,16 +30,10 @@ impl Runtime {
     ) -> Response<ResponseBody> {
         let route = fwd.route.clone();
         // --- fallback: a kept answer first (stale-if-error), then the route's fallback ---
-        let kept = route
-            .stale
-            .as_ref()
-            .and_then(|store| Some((store, store.lookup(&fwd.parts)?)));
         let answer = match tried {
             Tried::Failed(err) => {
                 if err.class() == ErrorClass::Upstream {
-                    if let Some((store, lookup)) = &kept
-                        && let Some(stale) = store.serve(lookup, &fwd.parts.headers)
-                    {
+                    if let Some(stale) = kept_answer(&route, fwd) {
                         return self.stale(done, stale, Some(err));
                     }
                     if let Some(fb) = &route.fallback {
@@ -52,9 +46,7 @@ impl Runtime {
         };
         let status = answer.response.status();
         if status.is_server_error() {
-            if let Some((store, lookup)) = &kept
-                && let Some(stale) = store.serve(lookup, &fwd.parts.headers)
-            {
+            if let Some(stale) = kept_answer(&route, fwd) {
                 let err = located(
                     ErrorKind::UpstreamError {
                         status: status.as_u16(),
@@ -72,35 +64,11 @@ impl Runtime {
         }
 
         // --- respond ---
-        let mut response = answer.response;
-        let tee = kept.and_then(|(store, lookup)| store.tee(lookup, &fwd.parts.headers, status, response.headers()));
-        // The request's head is done with: its map serves a later response ([`headers::spare_map`]).
-        headers::recycle_map(std::mem::take(&mut fwd.parts.headers));
-        if let Some(client_upgrade) = fwd
-            .client_upgrade
-            .take()
-            .filter(|_| status == StatusCode::SWITCHING_PROTOCOLS)
-            && let Some(upstream_upgrade) = response.body_mut().take_upgrade()
-        {
-            tokio::spawn(crate::respond::tunnel(
-                client_upgrade,
-                upstream_upgrade,
-                route.upstream.name.clone(),
-            ));
+        if let Some(store) = &route.stale {
+            let tee = keep_answer(store, fwd, status, answer.response.headers());
+            return respond(done, fwd, &route, answer, request_id, tee);
         }
-        let (mut head, body) = response.into_parts();
-        headers::strip_hop_by_hop(&mut head.headers, status == StatusCode::SWITCHING_PROTOCOLS);
-        head.headers.insert(X_REQUEST_ID, request_id);
-        head.version = done.version;
-        done.status = Some(status.as_u16());
-        done.head_at = Some(done.started().elapsed());
-        let body = ResponseBody::new(ProxyBody::Upstream(body), Some(done)).with_tee(tee);
-        let body = if fwd.target.grpc_timeout.is_some() {
-            body.with_deadline(fwd.target.deadline, fwd.target.budget)
-        } else {
-            body
-        };
-        Response::from_parts(head, body)
+        respond(done, fwd, &route, answer, request_id, None)
     }
 
     /// An upstream 5xx whose body is not problem+json: keep the status and headers, replace
@@ -246,6 +214,68 @@ impl Runtime {
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, ResponseBody::new(ProxyBody::rendered(body), None))
     }
+}
+
+/// The respond phase: the upstream's head and its body, streaming. Inlined in both calls
+/// so the one without a copy to keep (`tee: None`, every route without `stale_if_error`)
+/// carries none of its code.
+#[inline(always)]
+fn respond(
+    mut done: Box<Completion>,
+    fwd: &mut Forward,
+    route: &RouteRt,
+    answer: AttemptResponse,
+    request_id: HeaderValue,
+    tee: Option<Box<crate::policy::stale::Tee>>,
+) -> Response<ResponseBody> {
+    let status = answer.response.status();
+    // The request's head is done with: its map serves a later response ([`headers::spare_map`]).
+    headers::recycle_map(std::mem::take(&mut fwd.parts.headers));
+    let mut response = answer.response;
+    if let Some(client_upgrade) = fwd
+        .client_upgrade
+        .take()
+        .filter(|_| status == StatusCode::SWITCHING_PROTOCOLS)
+        && let Some(upstream_upgrade) = response.body_mut().take_upgrade()
+    {
+        tokio::spawn(crate::respond::tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            route.upstream.name.clone(),
+        ));
+    }
+    let (mut head, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut head.headers, status == StatusCode::SWITCHING_PROTOCOLS);
+    head.headers.insert(X_REQUEST_ID, request_id);
+    head.version = done.version;
+    done.status = Some(status.as_u16());
+    done.head_at = Some(done.started().elapsed());
+    let body = ResponseBody::upstream(body, done, tee);
+    let body = if fwd.target.grpc_timeout.is_some() {
+        body.with_deadline(fwd.target.deadline, fwd.target.budget)
+    } else {
+        body
+    };
+    Response::from_parts(head, body)
+}
+
+/// The route's kept answer to this request (stale-if-error), if it has one to give.
+#[cold]
+fn kept_answer(route: &RouteRt, fwd: &Forward) -> Option<Stale> {
+    let store = route.stale.as_ref()?;
+    store.serve(&store.lookup(&fwd.parts)?, &fwd.parts.headers)
+}
+
+/// A copy of the upstream's answer to keep as it streams, when it may be kept. Out of line:
+/// only routes with `stale_if_error` call it.
+#[inline(never)]
+fn keep_answer(
+    store: &std::sync::Arc<crate::policy::stale::StaleStore>,
+    fwd: &Forward,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+) -> Option<Box<crate::policy::stale::Tee>> {
+    store.tee(store.lookup(&fwd.parts)?, &fwd.parts.headers, status, headers)
 }
 
 /// A degraded answer (a fallback or a kept answer) standing in for `err`, recorded as such;

@@ -67,28 +67,6 @@ impl Runtime {
         Ok((route, absolute_form))
     }
 
-    /// Whether a route on `listener` takes this request on a connection to `destination`
-    /// (transparent mode looks at a redirected connection's first request before deciding
-    /// to serve it). A malformed request is taken: serving it answers it with a 400.
-    pub(crate) fn takes(&self, req: &Request<()>, listener: usize, destination: std::net::SocketAddr) -> bool {
-        let carries_host = req.headers().contains_key(HOST);
-        let Ok(query) = route_query(
-            req,
-            listener,
-            carries_host,
-            Some(destination),
-            self.is_outbound(listener),
-        ) else {
-            return true;
-        };
-        let request = crate::router::Request {
-            method: req.method(),
-            uri: req.uri(),
-            headers: req.headers(),
-        };
-        self.router.find(&request, &query).is_some()
-    }
-
     /// Whether the listener at this index is outbound.
     pub(crate) fn is_outbound(&self, listener: usize) -> bool {
         self.listeners

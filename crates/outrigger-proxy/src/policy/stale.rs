@@ -91,6 +91,12 @@ impl StaleStore {
         &self.config
     }
 
+    /// How many answers are kept, and the bytes they take.
+    pub(crate) fn held(&self) -> (usize, u64) {
+        let lru = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (lru.entries.len(), lru.bytes)
+    }
+
     /// The key of the upstream request `parts` (after the rewrite: its `Host` is the routed
     /// authority), when its answer may be kept or served at all.
     pub(crate) fn lookup(&self, parts: &Parts) -> Option<Lookup> {
