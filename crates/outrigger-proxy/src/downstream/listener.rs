@@ -329,44 +329,16 @@ async fn serve_connection(
     // this listener's own address.
     let local = accepted.stream.local_addr().unwrap_or(peer);
     let redirected = super::transparent::original_destination(&accepted.stream, local);
-    if let Some(destination) = redirected {
-        let runtime = live.load_full();
-        let Some((index, listener_rt)) = runtime.listener(&listener, hint) else {
-            return;
-        };
-        let redirect = super::transparent::Redirected {
-            runtime: &runtime,
-            listener: index,
-            unmatched: listener_rt.unmatched,
-            local,
-            destination,
-            tls,
-            header_read_timeout: builder.header_read_timeout,
-        };
-        let decision = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => return,
-            d = redirect.decide(&accepted.stream, peer) => d,
-        };
-        match decision {
-            Decision::Serve => runtime
-                .metrics
-                .redirected_connections
-                .with_label_values(&[&listener, "http"])
-                .inc(),
-            Decision::Passthrough(why) => {
-                let stream = accepted.stream;
-                super::transparent::passthrough(runtime, listener, stream, peer, destination, why).await;
-                return;
+    let accepted = match redirected {
+        Some(destination) => {
+            let header_read_timeout = builder.header_read_timeout;
+            match take_redirected(accepted, destination, local, &live, header_read_timeout, &mut stop).await {
+                Some(served) => served,
+                None => return,
             }
-            Decision::Refuse(why) => {
-                super::transparent::refused(&runtime, &listener, peer, destination, why);
-                let _ = socket2::SockRef::from(&accepted.stream).set_linger(Some(Duration::ZERO));
-                return;
-            }
-            Decision::Closed => return,
         }
-    }
+        None => accepted,
+    };
     let opened = tokio::select! {
         biased;
         _ = stop.wait_for(|s| *s) => return,
@@ -429,6 +401,55 @@ async fn serve_connection(
         });
         let conn = builder.http2.serve_connection(io, service);
         Box::pin(watch.drive(conn, |c| c.graceful_shutdown())).await;
+    }
+}
+
+/// A connection redirected to this listener (transparent mode): returned when the routes
+/// serve it; passed through to `destination` or refused here otherwise (`None`).
+async fn take_redirected(
+    accepted: Accepted,
+    destination: SocketAddr,
+    local: SocketAddr,
+    live: &LiveRuntime,
+    header_read_timeout: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Accepted> {
+    let (peer, listener) = (accepted.peer, accepted.listener.clone());
+    let runtime = live.load_full();
+    let (index, listener_rt) = runtime.listener(&listener, accepted.hint)?;
+    let redirect = super::transparent::Redirected {
+        runtime: &runtime,
+        listener: index,
+        unmatched: listener_rt.unmatched,
+        local,
+        destination,
+        tls: accepted.handshakes.is_some(),
+        header_read_timeout,
+    };
+    let decision = tokio::select! {
+        biased;
+        _ = stop.wait_for(|s| *s) => return None,
+        d = redirect.decide(&accepted.stream, peer) => d,
+    };
+    match decision {
+        Decision::Serve => {
+            runtime
+                .metrics
+                .redirected_connections
+                .with_label_values(&[&listener, "http"])
+                .inc();
+            Some(accepted)
+        }
+        Decision::Passthrough(why) => {
+            super::transparent::passthrough(runtime, listener, accepted.stream, peer, destination, why).await;
+            None
+        }
+        Decision::Refuse(why) => {
+            super::transparent::refused(&runtime, &listener, peer, destination, why);
+            let _ = socket2::SockRef::from(&accepted.stream).set_linger(Some(Duration::ZERO));
+            None
+        }
+        Decision::Closed => None,
     }
 }
 
